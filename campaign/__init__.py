@@ -1,0 +1,1 @@
+"""Bulk WhatsApp campaign engine for the WhatsApp Cloud API."""

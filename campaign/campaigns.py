@@ -1,0 +1,135 @@
+"""Campaigns: create, look up, and count their outbox."""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from campaign.exceptions import CampaignError
+from campaign.models import Campaign, CampaignState, Message, MessageState, utcnow
+
+HEADER_TYPES = ("image", "video", "document")
+TEMPLATE_CATEGORIES = ("marketing", "utility", "authentication")
+FINAL_STATES = (CampaignState.COMPLETED, CampaignState.CANCELLED)
+_TEMPLATE_NAME = re.compile(r"^[a-z0-9_]{1,512}$")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$")
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """What `campaign create` asks for."""
+
+    name: str
+    template: str
+    language: str
+    params: list[str] = field(default_factory=list)
+    text: str | None = None
+    header_type: str | None = None
+    header_link: str | None = None
+    phone_number_id: str | None = None
+    mps: int | None = None
+    category: str | None = None
+
+
+def text_placeholders(body: str) -> list[str]:
+    """The `{column}` names a free-form body uses, in order."""
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(body) if name]
+    except ValueError as exc:
+        raise CampaignError(f"--text: {exc} (write a literal brace as {{{{ or }}}})") from None
+
+
+def validate_spec(spec: CampaignSpec) -> None:
+    if not spec.name.strip() or len(spec.name) > 200:
+        raise CampaignError("a campaign name must be 1 to 200 characters")
+    if not _TEMPLATE_NAME.match(spec.template):
+        raise CampaignError(
+            f"--template {spec.template!r}: Meta's template names are lowercase letters, digits and underscores"
+        )
+    if not _LANGUAGE.match(spec.language):
+        raise CampaignError(f"--language {spec.language!r} is not a language code such as en_US or de")
+    if len(set(spec.params)) != len(spec.params):
+        raise CampaignError("--param names a column twice")
+    if spec.text is not None:
+        if not spec.text.strip():
+            raise CampaignError("--text is empty")
+        if len(spec.text) > 4096:
+            raise CampaignError(f"--text is {len(spec.text)} characters; WhatsApp allows 4096")
+        text_placeholders(spec.text)
+    if (spec.header_type is None) != (spec.header_link is None) or (
+        spec.header_type is not None and spec.header_type not in HEADER_TYPES
+    ):
+        raise CampaignError("a header needs one of --header-image, --header-video or --header-document with a URL")
+    if spec.mps is not None and spec.mps <= 0:
+        raise CampaignError("--mps must be greater than 0")
+    if spec.category is not None and spec.category not in TEMPLATE_CATEGORIES:
+        raise CampaignError(f"--category must be one of {', '.join(TEMPLATE_CATEGORIES)}")
+
+
+def create(session: Session, spec: CampaignSpec, *, now: datetime | None = None) -> Campaign:
+    """A new campaign in state `draft`."""
+    validate_spec(spec)
+    if session.scalar(select(Campaign.id).where(Campaign.name == spec.name)) is not None:
+        raise CampaignError(f"a campaign named {spec.name!r} already exists")
+    campaign = Campaign(
+        name=spec.name,
+        state=CampaignState.DRAFT,
+        template_name=spec.template,
+        template_language=spec.language,
+        template_category=spec.category,
+        param_columns=list(spec.params),
+        text_body=spec.text,
+        header_type=spec.header_type,
+        header_link=spec.header_link,
+        phone_number_id=spec.phone_number_id,
+        mps=spec.mps,
+        created_at=now or utcnow(),
+    )
+    session.add(campaign)
+    try:
+        session.flush()
+    except IntegrityError:  # created concurrently by another process
+        raise CampaignError(f"a campaign named {spec.name!r} already exists") from None
+    return campaign
+
+
+def get(session: Session, name: str) -> Campaign:
+    campaign = session.scalar(select(Campaign).where(Campaign.name == name))
+    if campaign is None:
+        raise CampaignError(f"no campaign named {name!r} (`campaign status` lists them)")
+    return campaign
+
+
+def list_all(session: Session) -> list[Campaign]:
+    return list(session.scalars(select(Campaign).order_by(Campaign.created_at, Campaign.id)))
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Messages per state, every state present."""
+
+    by_state: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+
+def counts(session: Session, campaign_ids: list[int] | None = None) -> dict[int, Counts]:
+    """Per campaign id, its messages counted per state, straight from the outbox."""
+    query = select(Message.campaign_id, Message.state, func.count()).group_by(Message.campaign_id, Message.state)
+    if campaign_ids is not None:
+        query = query.where(Message.campaign_id.in_(campaign_ids))
+    found: dict[int, dict[str, int]] = {}
+    for campaign_id, state, n in session.execute(query):
+        found.setdefault(campaign_id, {})[state] = n
+    ids = campaign_ids if campaign_ids is not None else list(found)
+    return {
+        cid: Counts({s.value: found.get(cid, {}).get(s.value, 0) for s in MessageState}) for cid in ids
+    }

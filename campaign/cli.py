@@ -1,0 +1,307 @@
+"""The `campaign` command: parse options, call the library, render the answer.
+
+Expected errors (`CampaignError`) print one line `error: ...` on stderr and exit 1; click's
+usage errors exit 2. Progress bars show on a terminal and stay quiet in pipes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from campaign import campaigns, suppressions
+from campaign.config import RedactSecrets, Settings, load_settings
+from campaign.contacts import ContactsEndpoint
+from campaign.db import Database
+from campaign.exceptions import CampaignError
+from campaign.graph import GraphClient
+from campaign.importer import ImportOptions, import_file
+
+F = TypeVar("F", bound=Callable[..., Any])
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False)
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+
+    def database(self, *, migrate: bool = True) -> Database:
+        return Database.open(self.settings.database_url, migrate=migrate)
+
+
+def handle_errors(command: F) -> F:
+    """Turn expected errors into `error: ...` and exit 1, never a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except CampaignError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database-url", envvar=None, help="SQLAlchemy URL (default: CAMPAIGN_DATABASE_URL, then sqlite:///campaign.db).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="campaign")
+@click.pass_context
+@handle_errors
+def main(ctx: click.Context, database_url: str | None, verbose: int) -> None:
+    """Bulk WhatsApp campaigns through Meta's WhatsApp Cloud API."""
+    settings = load_settings().with_overrides(database_url=database_url)
+    _configure_logging(verbose, settings)
+    ctx.obj = AppContext(settings)
+
+
+def _configure_logging(verbose: int, settings: Settings) -> None:
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets(settings.secrets()))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # httpx logs every request URL at INFO; the token is in a header, not the URL, but keep it quiet.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+# -- db --------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@pass_app
+@handle_errors
+def db_upgrade(app: AppContext) -> None:
+    """Apply the Alembic migrations."""
+    database = app.database(migrate=False)
+    before, head = database.schema_revisions()
+    database.upgrade()
+    click.echo(f"database at revision {head}" + (" (already current)" if before == head else f" (was {before or 'empty'})"))
+
+
+# -- create ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("name")
+@click.option("--template", required=True, help="Approved template name.")
+@click.option("--language", required=True, help="Template language code, e.g. en_US.")
+@click.option("--param", "params", multiple=True, metavar="COLUMN", help="CSV column filling {{1}}, {{2}}, ... in order.")
+@click.option("--text", help="Free-form body with {column} placeholders, for recipients whose 24-hour window is open.")
+@click.option("--header-image", metavar="URL")
+@click.option("--header-video", metavar="URL")
+@click.option("--header-document", metavar="URL")
+@click.option("--phone-number-id", help="Sender phone-number id (default WA_PHONE_NUMBER_ID).")
+@click.option("--mps", type=int, help="Send cap for this campaign, messages per second.")
+@click.option(
+    "--category",
+    type=click.Choice(campaigns.TEMPLATE_CATEGORIES),
+    help="The template's category, if known before launch reads it (marketing is not delivered to US numbers).",
+)
+@pass_app
+@handle_errors
+def create(
+    app: AppContext,
+    name: str,
+    template: str,
+    language: str,
+    params: tuple[str, ...],
+    text: str | None,
+    header_image: str | None,
+    header_video: str | None,
+    header_document: str | None,
+    phone_number_id: str | None,
+    mps: int | None,
+    category: str | None,
+) -> None:
+    """Create campaign NAME in state draft."""
+    headers = {k: v for k, v in (("image", header_image), ("video", header_video), ("document", header_document)) if v}
+    if len(headers) > 1:
+        raise CampaignError("give at most one of --header-image, --header-video, --header-document")
+    header_type, header_link = next(iter(headers.items()), (None, None))
+    spec = campaigns.CampaignSpec(
+        name=name, template=template, language=language, params=list(params), text=text,
+        header_type=header_type, header_link=header_link, phone_number_id=phone_number_id, mps=mps, category=category,
+    )
+    database = app.database()
+    with database.session() as session:
+        campaigns.create(session, spec)
+    click.echo(f"created campaign {name!r} (draft): template {template} [{language}]")
+
+
+# -- import ----------------------------------------------------------------------------------
+
+
+@main.command("import")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--phone-column", help="Column holding the number (default: phone, phone_number, msisdn, mobile, wa_id, to).")
+@click.option("--default-region", metavar="CC", help="Region for numbers without a country code, e.g. DE.")
+@click.option("--check-contacts/--no-check-contacts", default=False, help="Drop numbers not on WhatsApp (off: no network call).")
+@click.option("--rejects", "rejects_path", metavar="PATH", help="Where rejected rows go (default NAME-rejects.csv).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@pass_app
+@handle_errors
+def import_(
+    app: AppContext,
+    name: str,
+    file: str,
+    phone_column: str | None,
+    default_region: str | None,
+    check_contacts: bool,
+    rejects_path: str | None,
+    as_json: bool,
+) -> None:
+    """Add FILE's rows to campaign NAME as recipients."""
+    database = app.database()
+    options = ImportOptions(phone_column, default_region, check_contacts, rejects_path)
+    endpoint = _contacts_endpoint(app.settings, database, name) if check_contacts else None
+    with _progress("import") as progress:
+        result = import_file(database, name, file, options, contacts_endpoint=endpoint, progress=progress)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        figures = result.as_dict()
+        figures.pop("warnings")
+        click.echo(json.dumps(figures))
+    else:
+        click.echo(result.summary_line())
+        if result.rejects_file:
+            click.echo(f"rejected rows and their reasons: {result.rejects_file}", err=True)
+
+
+def _contacts_endpoint(settings: Settings, database: Database, name: str) -> ContactsEndpoint | None:
+    with database.read_session() as session:
+        phone_number_id = campaigns.get(session, name).phone_number_id or settings.phone_number_id
+    token = settings.access_token
+    if not token or not phone_number_id:
+        return None
+    return ContactsEndpoint(lambda: GraphClient(settings.api_base_url, settings.api_version, token), phone_number_id)
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress bar on a terminal; `None` (no output) in a pipe."""
+    if not stderr.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(f"{label}: {phase}", total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        yield update
+
+
+# -- suppress / unsuppress -------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("phones", nargs=-1)
+@click.option("--file", "file", type=click.Path(path_type=str), help="A CSV with a phone column, or one number per line.")
+@click.option("--reason", help="Why (kept with each number).")
+@click.option("--default-region", metavar="CC", help="Region for numbers without a country code.")
+@pass_app
+@handle_errors
+def suppress(app: AppContext, phones: tuple[str, ...], file: str | None, reason: str | None, default_region: str | None) -> None:
+    """Add numbers to the opt-out list: no campaign will message them."""
+    numbers = suppressions.normalize_all(phones, default_region)
+    if file:
+        numbers += suppressions.read_numbers(file, default_region)
+    if not numbers:
+        raise click.UsageError("give PHONE... or --file FILE")
+    with app.database().session() as session:
+        added = suppressions.suppress(session, numbers, reason=reason)
+    click.echo(f"suppressed {added} number{'s' if added != 1 else ''}" + (f" ({len(set(numbers)) - added} already were)" if len(set(numbers)) > added else ""))
+
+
+@main.command()
+@click.argument("phones", nargs=-1, required=True)
+@click.option("--default-region", metavar="CC", help="Region for numbers without a country code.")
+@pass_app
+@handle_errors
+def unsuppress(app: AppContext, phones: tuple[str, ...], default_region: str | None) -> None:
+    """Remove numbers from the opt-out list."""
+    numbers = suppressions.normalize_all(phones, default_region)
+    with app.database().session() as session:
+        removed = suppressions.unsuppress(session, numbers)
+    click.echo(f"unsuppressed {removed} number{'s' if removed != 1 else ''}")
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_app
+@handle_errors
+def status(app: AppContext, name: str | None, as_json: bool) -> None:
+    """One line per campaign, or NAME's state and counts per message state."""
+    with app.database().read_session() as session:
+        found = [campaigns.get(session, name)] if name else campaigns.list_all(session)
+        counted = campaigns.counts(session, [c.id for c in found])
+    reports = [
+        {"name": c.name, "state": c.state, "total": counted[c.id].total, "counts": counted[c.id].by_state}
+        | ({"pause_reason": c.pause_reason} if c.pause_reason else {})
+        for c in found
+    ]
+    if as_json:
+        click.echo(json.dumps(reports[0] if name else reports))
+        return
+    if name:
+        _print_campaign(found[0], reports[0])
+    else:
+        _print_campaigns(reports)
+
+
+def _print_campaign(campaign: Any, report: dict[str, Any]) -> None:
+    stdout.print(
+        f"[bold]{escape(campaign.name)}[/bold]  {campaign.state}  "
+        f"template {escape(campaign.template_name)} {escape('[' + campaign.template_language + ']')}"
+    )
+    if campaign.pause_reason:
+        stdout.print(f"paused by the engine: {escape(campaign.pause_reason)}")
+    table = Table(show_header=True, box=None)
+    for state in report["counts"]:
+        table.add_column(state, justify="right")
+    table.add_column("total", justify="right")
+    table.add_row(*(str(n) for n in report["counts"].values()), str(report["total"]))
+    stdout.print(table)
+
+
+def _print_campaigns(reports: list[dict[str, Any]]) -> None:
+    if not reports:
+        click.echo("no campaigns yet (create one with `campaign create`)")
+        return
+    table = Table("name", "state", "total", "queued", "sent", "delivered", "read", "failed", box=None)
+    for r in reports:
+        c = r["counts"]
+        table.add_row(escape(r["name"]), r["state"], str(r["total"]), *(str(c[s]) for s in ("queued", "sent", "delivered", "read", "failed")))
+    stdout.print(table)

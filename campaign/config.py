@@ -1,0 +1,103 @@
+"""Settings: the environment, then a `.env` file in the working directory; a CLI option wins over both.
+
+Secrets (the access token and the app secret) live only here, in memory: they are never
+written to the database, never printed, and `redact` scrubs them from log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from campaign.exceptions import CampaignError
+
+DEFAULT_DATABASE_URL = "sqlite:///campaign.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    api_base_url: str = "https://graph.facebook.com"
+    api_version: str = "v21.0"
+    access_token: str | None = field(default=None, repr=False)
+    phone_number_id: str | None = None
+    business_account_id: str | None = None
+    app_secret: str | None = field(default=None, repr=False)
+    verify_token: str | None = field(default=None, repr=False)
+    mps: int = 80
+    pair_interval: float = 6.0
+    daily_unique_limit: int | None = None
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.access_token, self.app_secret, self.verify_token) if s]
+
+    def with_overrides(self, **overrides: object) -> Settings:
+        """Command-line options win; `None` means the option was not given."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# environment variable -> (Settings field, parser)
+_VARIABLES: dict[str, tuple[str, type]] = {
+    "CAMPAIGN_DATABASE_URL": ("database_url", str),
+    "WA_API_BASE_URL": ("api_base_url", str),
+    "WA_API_VERSION": ("api_version", str),
+    "WA_ACCESS_TOKEN": ("access_token", str),
+    "WA_PHONE_NUMBER_ID": ("phone_number_id", str),
+    "WA_BUSINESS_ACCOUNT_ID": ("business_account_id", str),
+    "WA_APP_SECRET": ("app_secret", str),
+    "WA_VERIFY_TOKEN": ("verify_token", str),
+    "CAMPAIGN_MPS": ("mps", int),
+    "CAMPAIGN_PAIR_INTERVAL": ("pair_interval", float),
+    "CAMPAIGN_DAILY_UNIQUE_LIMIT": ("daily_unique_limit", int),
+}
+assert {name for name, _ in _VARIABLES.values()} <= {f.name for f in fields(Settings)}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv_path: str | Path | None = ".env"
+) -> Settings:
+    """Settings from `.env` overlaid by the process environment (the environment wins)."""
+    values: dict[str, str | None] = {}
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        values.update(dotenv_values(dotenv_path))
+    values.update(os.environ if environ is None else environ)
+    kwargs: dict[str, object] = {}
+    for variable, (name, parse) in _VARIABLES.items():
+        raw = values.get(variable)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            value = parse(raw.strip())
+        except ValueError:
+            raise CampaignError(f"{variable}={raw!r} is not a valid {parse.__name__}") from None
+        if parse in (int, float) and value <= 0:
+            raise CampaignError(f"{variable} must be greater than 0, not {raw}")
+        kwargs[name] = value
+    return Settings(**kwargs)  # type: ignore[arg-type]
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces every configured secret in a log record with `***`."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secrets:
+            message = record.getMessage()
+            redacted = redact(message, self._secrets)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text

@@ -1,0 +1,105 @@
+"""Recipient files: structural checks before anything is read for real.
+
+Everything here happens before the database is touched, so a file with a structural error
+imports nothing. The whole file's encoding is checked up front: pandas reading a Latin-1
+file in chunks as UTF-8 fails only at the first bad chunk, 300,000 rows in
+(library-notes.md), which is too late for "all or nothing".
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from campaign.exceptions import CampaignError
+
+PHONE_COLUMNS = ("phone", "phone_number", "msisdn", "mobile", "wa_id", "to")
+DELIMITERS = (",", ";", "\t")
+_BLOCK = 1 << 20
+_BOM = codecs.BOM_UTF8
+NEWLINE = b"\n"
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    path: Path
+    delimiter: str
+    columns: list[str]
+    phone_column: str
+    size: int
+
+
+def inspect(path: str | Path, phone_column: str | None = None) -> CsvLayout:
+    """Check that `path` is a non-empty UTF-8 delimited text file with a phone column."""
+    path = Path(path)
+    name = str(path)
+    if not path.exists():
+        raise CampaignError(f"{name}: no such file")
+    if path.is_dir():
+        raise CampaignError(f"{name}: is a folder, not a CSV file")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(64 * 1024)
+        if not head.removeprefix(_BOM).strip():
+            raise CampaignError(f"{name}: the file is empty")
+        check_encoding(f, name)
+    text = head.removeprefix(_BOM).decode("utf-8", errors="ignore")
+    header_line = text.splitlines()[0] if text.strip() else ""
+    delimiter = max(DELIMITERS, key=header_line.count) if any(d in header_line for d in DELIMITERS) else ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    columns = next(reader, [])
+    if not any(c.strip() for c in columns):
+        raise CampaignError(f"{name}: line 1 should be a header naming the columns, and it is blank")
+    if not any(any(cell.strip() for cell in row) for row in reader) and len(head) == size:
+        raise CampaignError(f"{name}: has a header but no rows")
+    return CsvLayout(path, delimiter, columns, _phone_column(columns, phone_column, name), size)
+
+
+def check_encoding(f: io.BufferedReader, name: str) -> None:
+    """Raise naming the line of the first byte that is not UTF-8, or the first NUL byte."""
+    f.seek(0)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    while block := f.read(_BLOCK):
+        nul = block.find(b"\x00")
+        if nul >= 0:
+            raise CampaignError(
+                f"{name}: line {line + block.count(NEWLINE, 0, nul)} holds a NUL byte: "
+                "this is a binary file (a spreadsheet or an archive?), not a CSV text file"
+            )
+        try:
+            decoder.decode(block)
+        except UnicodeDecodeError as exc:
+            bad_line = line + block.count(NEWLINE, 0, max(exc.start, 0))
+            raise CampaignError(
+                f"{name}: line {bad_line} is not valid UTF-8 (byte 0x{block[max(exc.start, 0)]:02x}); "
+                "save the file as UTF-8 (in Excel: CSV UTF-8)"
+            ) from None
+        line += block.count(NEWLINE)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise CampaignError(f"{name}: line {line} ends in the middle of a UTF-8 character; save the file as UTF-8") from None
+
+
+def _phone_column(columns: list[str], wanted: str | None, name: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise CampaignError(f"{name}: --phone-column {wanted!r} is not in the header ({_listing(columns)})")
+        return wanted
+    by_lower = {c.strip().lower(): c for c in reversed(columns)}
+    for candidate in PHONE_COLUMNS:
+        if candidate in by_lower:
+            return by_lower[candidate]
+    raise CampaignError(
+        f"{name}: no phone column in the header ({_listing(columns)}); "
+        f"name it one of {', '.join(PHONE_COLUMNS)} or pass --phone-column"
+    )
+
+
+def _listing(columns: list[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(c) for c in columns[:limit])
+    return shown + (", ..." if len(columns) > limit else "")

@@ -1,0 +1,472 @@
+"""CSV in: a recipients file becomes `queued` messages in the outbox, all of them or none.
+
+The file streams through pandas in chunks (every column as text, so `+`, leading zeros and
+long digit strings survive). Numbers are normalized in worker processes when the file is
+large, since phonenumbers (about 55,000 numbers/s per core) is most of the work; the main
+process meanwhile classifies rows and writes them. One transaction holds the whole file:
+a structural error found late (a ragged row at line 900,000) rolls back everything, and the
+rejects file is moved into place only after the commit.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from campaign import campaigns, contacts, csvfile, phone
+from campaign.db import Database
+from campaign.exceptions import CampaignError
+from campaign.models import Campaign, CampaignState, Contact, Import, Message, MessageState, Suppression, UTCDateTime, utcnow
+
+CHUNK_ROWS = 50_000
+PARALLEL_FROM_BYTES = 4 << 20
+"""Below this size a worker pool costs more to start than it saves."""
+IMPORTABLE_STATES = (CampaignState.DRAFT, CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.PAUSED)
+
+
+class Reason(StrEnum):
+    INVALID_NUMBER = "invalid_number"
+    DUPLICATE = "duplicate"
+    SUPPRESSED = "suppressed"
+    NOT_ON_WHATSAPP = "not_on_whatsapp"
+    MISSING_PARAM = "missing_param"
+
+
+@dataclass
+class ImportResult:
+    imported: int = 0
+    rejected: int = 0
+    invalid: int = 0
+    duplicate: int = 0
+    suppressed: int = 0
+    not_on_whatsapp: int = 0
+    missing_param: int = 0
+    us_numbers: int = 0
+    """Accepted United States numbers (Meta does not deliver marketing templates there)."""
+    rows: int = 0
+    rejects_file: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def count(self, reason: Reason) -> None:
+        self.rejected += 1
+        attribute = "invalid" if reason is Reason.INVALID_NUMBER else reason.value
+        setattr(self, attribute, getattr(self, attribute) + 1)
+
+    def summary_line(self) -> str:
+        line = (
+            f"imported {self.imported}, rejected {self.rejected} (invalid {self.invalid}, "
+            f"duplicate {self.duplicate}, suppressed {self.suppressed}, not_on_whatsapp {self.not_on_whatsapp}"
+        )
+        # missing_param is not one of INTERFACE.md's four: shown only when it happened, so the
+        # figures in the brackets always add up to `rejected`.
+        return line + (f", missing_param {self.missing_param})" if self.missing_param else ")")
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+ProgressCallback = Callable[[str, int, int], None]
+"""(phase, done, total): bytes of the file read, or numbers checked."""
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    phone_column: str | None = None
+    default_region: str | None = None
+    check_contacts: bool = False
+    rejects_path: str | Path | None = None
+
+
+def default_rejects_path(campaign_name: str) -> Path:
+    return Path(re.sub(r"[^\w.-]+", "_", campaign_name).strip("._") + "-rejects.csv")
+
+
+def import_file(
+    db: Database,
+    campaign_name: str,
+    path: str | Path,
+    options: ImportOptions = ImportOptions(),
+    *,
+    contacts_endpoint: contacts.ContactsEndpoint | None = None,
+    now: datetime | None = None,
+    progress: ProgressCallback | None = None,
+) -> ImportResult:
+    """Import `path` into the campaign; raises `CampaignError` (importing nothing) on a structural error."""
+    now = now or utcnow()
+    region = _region(options.default_region)
+    with db.read_session() as session:
+        campaign = _importable(session, campaign_name)
+    layout = csvfile.inspect(path, options.phone_column)
+    required = _required_columns(campaign, layout)
+    reader = _Reader(layout, region, progress)
+
+    unreachable: dict[str, str] = {}
+    result = ImportResult()
+    if options.check_contacts:
+        candidates = {e164 for _, numbers in reader.chunks("normalizing") for e164 in numbers.e164 if e164}
+        check = contacts.check(
+            db, candidates, now, contacts_endpoint, None if progress is None else lambda d, t: progress("checking", d, t)
+        )
+        unreachable = check.unreachable
+        result.warnings.extend(check.warnings)
+
+    rejects_path = Path(options.rejects_path) if options.rejects_path else default_rejects_path(campaign.name)
+    rejects = _RejectsWriter(rejects_path, layout.columns)
+    try:
+        with db.session() as session:
+            campaign = _importable(session, campaign_name)
+            record = Import(campaign_id=campaign.id, file=str(layout.path), started_at=now)
+            session.add(record)
+            session.flush()
+            batch = _Batch(session, campaign, record.id, now)
+            rows = _Classifier(
+                existing=_campaign_phones(session, campaign.id),
+                suppressed=_suppressions(session),
+                unreachable=unreachable,
+                required=required,
+            )
+            for chunk, normalized in reader.chunks("importing"):
+                accepted = rows.classify(chunk, normalized, layout.phone_column, result, rejects)
+                batch.write(chunk, accepted)
+            if result.rows == 0:
+                raise CampaignError(f"{layout.path}: has a header but no rows")
+            result.imported = batch.written
+            if rejects.count:
+                result.rejects_file = str(rejects_path)
+            for name in ("rows", "imported", "rejected", "invalid", "duplicate", "suppressed",
+                         "not_on_whatsapp", "missing_param", "us_numbers", "rejects_file"):
+                setattr(record, name, getattr(result, name))
+            record.finished_at = utcnow()
+        rejects.commit()
+    except IntegrityError:
+        raise CampaignError(
+            f"campaign {campaign_name!r} changed while {layout.path} was imported (another import at the same time?); nothing was imported, run it again"
+        ) from None
+    finally:
+        rejects.discard()
+    result.warnings.extend(_us_warnings(campaign, result.us_numbers))
+    return result
+
+
+def _region(code: str | None) -> str | None:
+    if code is None:
+        return None
+    if not phone.is_region(code):
+        raise CampaignError(f"--default-region {code!r} is not a region code such as DE, GB or US")
+    return code.upper()
+
+
+def _importable(session: Session, name: str) -> Campaign:
+    campaign = campaigns.get(session, name)
+    if campaign.state not in IMPORTABLE_STATES:
+        raise CampaignError(f"campaign {name!r} is {campaign.state}: it takes no more recipients")
+    return campaign
+
+
+def _required_columns(campaign: Campaign, layout: csvfile.CsvLayout) -> list[str]:
+    """The columns each row must fill: the template's parameters (and the free-form text's)."""
+    text_columns = campaigns.text_placeholders(campaign.text_body) if campaign.text_body else []
+    for column, option in [(c, "--param") for c in campaign.param_columns] + [(c, "--text") for c in text_columns]:
+        if column not in layout.columns:
+            raise CampaignError(
+                f"{layout.path}: column {column!r} ({option} of campaign {campaign.name!r}) is not in the header"
+            )
+    return list(campaign.param_columns)
+
+
+def _us_warnings(campaign: Campaign, us_numbers: int) -> list[str]:
+    if not us_numbers:
+        return []
+    if campaign.template_category == "marketing":
+        return [
+            f"{us_numbers} recipients have United States (+1) numbers: Meta does not deliver marketing templates there, so they will fail"
+        ]
+    if campaign.template_category is None:
+        return [
+            f"{us_numbers} recipients have United States (+1) numbers: if {campaign.template_name!r} is a marketing template, Meta will not deliver it to them"
+        ]
+    return []
+
+
+def _campaign_phones(session: Session, campaign_id: int) -> set[str]:
+    query = select(Contact.phone).join(Message, Message.contact_id == Contact.id).where(Message.campaign_id == campaign_id)
+    return set(session.scalars(query))
+
+
+def _suppressions(session: Session) -> dict[str, str]:
+    return {
+        p: f"on the suppression list ({source}{': ' + reason if reason else ''})"
+        for p, source, reason in session.execute(select(Suppression.phone, Suppression.source, Suppression.reason))
+    }
+
+
+# -- reading and normalizing ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Numbers:
+    """A chunk's normalized numbers as parallel lists: they cross the process boundary, and
+    lists of strings pickle several times faster than a million small objects."""
+
+    e164: list[str | None]
+    detail: list[str | None]
+    is_us: list[bool]
+
+
+def _normalize_all(raws: list[str], region: str | None, digits_are_international: bool) -> _Numbers:
+    numbers = _Numbers([], [], [])
+    for raw in raws:
+        n = phone.normalize(raw, region, digits_are_international=digits_are_international)
+        valid = isinstance(n, phone.Normalized)
+        numbers.e164.append(n.e164 if valid else None)  # type: ignore[union-attr]
+        numbers.detail.append(None if valid else n.detail)  # type: ignore[union-attr]
+        numbers.is_us.append(valid and n.is_us)  # type: ignore[union-attr]
+    return numbers
+
+
+def _pool_context() -> BaseContext:
+    """`fork` where there is one: `spawn` re-imports the caller's `__main__`, which breaks a
+    script without a `__main__` guard or one fed on standard input. The workers only run
+    phonenumbers, which needs no lock another thread could hold at the fork."""
+    methods = get_all_start_methods()
+    return get_context("fork" if "fork" in methods else "spawn")
+
+
+class _Reader:
+    """The file in chunks, each with its numbers normalized, in order."""
+
+    def __init__(self, layout: csvfile.CsvLayout, region: str | None, progress: ProgressCallback | None) -> None:
+        self.layout = layout
+        self.region = region
+        self.progress = progress
+        self.digits_are_international = layout.phone_column.strip().lower() == "wa_id"
+
+    def _frames(self) -> Iterator[tuple[pd.DataFrame, int]]:
+        with self.layout.path.open("rb") as f, warnings.catch_warnings():
+            # Rows longer than the header: pandas would take the first column as an index,
+            # or (index_col=False) drop the extra fields with only a warning. Either loses data.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            try:
+                reader = pd.read_csv(
+                    f,
+                    sep=self.layout.delimiter,
+                    dtype=str,
+                    keep_default_na=False,
+                    na_filter=False,
+                    skip_blank_lines=False,
+                    encoding="utf-8-sig",
+                    index_col=False,
+                    chunksize=CHUNK_ROWS,
+                    engine="c",
+                )
+                first_line = 2
+                for frame in reader:
+                    frame.index = pd.RangeIndex(first_line, first_line + len(frame))
+                    first_line += len(frame)
+                    yield frame, f.tell()
+            except pd.errors.ParserWarning:
+                raise CampaignError(
+                    f"{self.layout.path}: line 2 has more fields than the header ({len(self.layout.columns)})"
+                ) from None
+            except (pd.errors.ParserError, ValueError) as exc:
+                message = str(exc).strip().splitlines()[-1].removeprefix("Error tokenizing data. C error: ")
+                raise CampaignError(f"{self.layout.path}: {message}") from None
+
+    def chunks(self, phase: str) -> Iterator[tuple[pd.DataFrame, _Numbers]]:
+        frames = self._frames()
+        if self.layout.size < PARALLEL_FROM_BYTES:
+            for frame, position in frames:
+                yield frame, self._normalize(frame)
+                self._report(phase, position)
+            return
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=_pool_context()) as pool:
+            yield from self._pipelined(frames, pool, phase)
+
+    def _pipelined(
+        self, frames: Iterator[tuple[pd.DataFrame, int]], pool: Executor, phase: str
+    ) -> Iterator[tuple[pd.DataFrame, _Numbers]]:
+        # A bounded pipeline: Executor.map would read the whole file up front.
+        pending: deque[tuple[pd.DataFrame, int, Future[_Numbers]]] = deque()
+        depth = 2 * (os.cpu_count() or 1)
+        for frame, position in frames:
+            raws = frame[self.layout.phone_column].tolist()
+            pending.append((frame, position, pool.submit(_normalize_all, raws, self.region, self.digits_are_international)))
+            if len(pending) >= depth:
+                done_frame, done_position, future = pending.popleft()
+                yield done_frame, future.result()
+                self._report(phase, done_position)
+        while pending:
+            done_frame, done_position, future = pending.popleft()
+            yield done_frame, future.result()
+            self._report(phase, done_position)
+
+    def _normalize(self, frame: pd.DataFrame) -> _Numbers:
+        return _normalize_all(frame[self.layout.phone_column].tolist(), self.region, self.digits_are_international)
+
+    def _report(self, phase: str, position: int) -> None:
+        if self.progress is not None:
+            self.progress(phase, min(position, self.layout.size), self.layout.size)
+
+
+# -- classifying and writing ---------------------------------------------------------------
+
+
+@dataclass
+class _Accepted:
+    lines: list[int] = field(default_factory=list)
+    phones: list[str] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    """Row positions in the chunk, to pick their serialized params."""
+
+
+class _Classifier:
+    """Decides each row: accepted, or rejected with the first reason that applies."""
+
+    def __init__(self, existing: set[str], suppressed: dict[str, str], unreachable: dict[str, str], required: list[str]) -> None:
+        self.existing = existing
+        self.suppressed = suppressed
+        self.unreachable = unreachable
+        self.required = required
+        self.seen: dict[str, int] = {}
+
+    def classify(
+        self, chunk: pd.DataFrame, numbers: _Numbers, phone_column: str, result: ImportResult, rejects: _RejectsWriter
+    ) -> _Accepted:
+        blank = (chunk == "").all(axis=1).tolist()
+        missing = self._missing_params(chunk)
+        accepted = _Accepted()
+        for position, (line, e164) in enumerate(zip(chunk.index, numbers.e164)):
+            if blank[position]:
+                continue  # an empty line is not a row
+            result.rows += 1
+            reason, detail = self._reject_reason(e164, numbers.detail[position], missing[position])
+            if reason is not None:
+                result.count(reason)
+                rejects.write(line, reason, detail, chunk.iloc[position].tolist())
+                continue
+            assert e164 is not None
+            self.seen[e164] = line
+            result.us_numbers += numbers.is_us[position]
+            accepted.lines.append(line)
+            accepted.phones.append(e164)
+            accepted.positions.append(position)
+        return accepted
+
+    def _reject_reason(self, e164: str | None, invalid: str | None, missing: str) -> tuple[Reason | None, str]:
+        if e164 is None:
+            return Reason.INVALID_NUMBER, invalid or ""
+        if missing:
+            return Reason.MISSING_PARAM, f"column {missing!r} is empty"
+        if e164 in self.seen:
+            return Reason.DUPLICATE, f"{e164} is also on line {self.seen[e164]}"
+        if e164 in self.existing:
+            return Reason.DUPLICATE, f"{e164} is already in the campaign"
+        if e164 in self.suppressed:
+            return Reason.SUPPRESSED, self.suppressed[e164]
+        if e164 in self.unreachable:
+            return Reason.NOT_ON_WHATSAPP, self.unreachable[e164]
+        return None, ""
+
+    def _missing_params(self, chunk: pd.DataFrame) -> list[str]:
+        """Per row, the first required column left empty, or `""`."""
+        if not self.required:
+            return [""] * len(chunk)
+        empty = chunk[self.required].apply(lambda column: column.str.strip() == "")
+        return empty.idxmax(axis=1).where(empty.any(axis=1), "").tolist()
+
+
+class _Batch:
+    """Writes each chunk's accepted rows set-based, through a staging table.
+
+    The rows go to a temporary table with the driver's own `executemany` (no per-row ORM or
+    type processing: that was 20 us a row, most of a million-row import), then two
+    statements do the rest on both dialects: new numbers become contacts (shared by every
+    campaign), and every staged row becomes a `queued` message joined to its contact.
+    """
+
+    def __init__(self, session: Session, campaign: Campaign, import_id: int, now: datetime) -> None:
+        self.session = session
+        self.constants = {"campaign_id": campaign.id, "import_id": import_id, "state": MessageState.QUEUED.value, "now": now}
+        self.written = 0
+        connection = session.connection()
+        self.postgres = connection.dialect.name == "postgresql"
+        placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        self.stage_sql = f"INSERT INTO import_staging (phone, row_number, params) VALUES ({placeholder}, {placeholder}, {placeholder})"
+        on_commit = " ON COMMIT DROP" if self.postgres else ""
+        connection.exec_driver_sql("DROP TABLE IF EXISTS temp.import_staging" if not self.postgres else "DROP TABLE IF EXISTS import_staging")
+        connection.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE import_staging (phone VARCHAR(20) NOT NULL, row_number INTEGER, params TEXT NOT NULL){on_commit}"
+        )
+
+    def write(self, chunk: pd.DataFrame, accepted: _Accepted) -> None:
+        if not accepted.phones:
+            return
+        # pandas serializes the chunk at C speed; one json.dumps per row costs seconds per million.
+        params = chunk.iloc[accepted.positions].to_json(orient="records", lines=True, force_ascii=False).split("\n")
+        connection = self.session.connection()
+        connection.exec_driver_sql(self.stage_sql, list(zip(accepted.phones, accepted.lines, params)))
+        self.session.execute(_NEW_CONTACTS)
+        self.session.execute(_STAGED_MESSAGES, self.constants)
+        connection.exec_driver_sql("DELETE FROM import_staging")
+        self.written += len(accepted.phones)
+
+
+# `WHERE true` lets SQLite tell the upsert's ON CONFLICT from a join condition.
+_NEW_CONTACTS = text("INSERT INTO contacts (phone) SELECT phone FROM import_staging WHERE true ON CONFLICT (phone) DO NOTHING")
+_STAGED_MESSAGES = text(
+    "INSERT INTO messages (campaign_id, contact_id, import_id, row_number, params, state, attempts, queued_at) "
+    "SELECT :campaign_id, c.id, :import_id, s.row_number, s.params, :state, 0, :now "
+    "FROM import_staging s JOIN contacts c ON c.phone = s.phone"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+class _RejectsWriter:
+    """Rejected rows with their reason, written beside the target and renamed after the commit."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
+        self.columns = columns
+        self.count = 0
+        self._temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        self._file = None
+        self._writer: csv.writer | None = None  # type: ignore[valid-type]
+
+    def write(self, line: int, reason: Reason, detail: str, values: list[str]) -> None:
+        if self._writer is None:
+            try:
+                self._file = self._temp.open("w", newline="", encoding="utf-8")
+            except OSError as exc:
+                raise CampaignError(f"{self.path}: cannot write the rejects file ({exc.strerror})") from None
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(["line", "reason", "detail", *self.columns])
+        self._writer.writerow([line, reason.value, detail, *values])
+        self.count += 1
+
+    def commit(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            os.replace(self._temp, self.path)
+            self._file = None
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._temp.unlink(missing_ok=True)
+

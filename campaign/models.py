@@ -1,0 +1,257 @@
+"""The data model (DESIGN.md, "Data"): one database is the single source of truth.
+
+Times are timezone-aware UTC datetimes in Python. SQLite has no time zone type, so
+`UTCDateTime` stores naive UTC (`func.now()` on SQLite is a one-second-resolution string:
+always bind Python datetimes instead, see library-notes.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        return dialect.type_descriptor(DateTime(timezone=dialect.name == "postgresql"))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass timezone-aware UTC times")
+        value = value.astimezone(timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class JSONText(TypeDecorator[Any]):
+    """JSON kept as text on both dialects (never queried inside).
+
+    A `str` bound value is taken as already-serialized JSON: the importer serializes a whole
+    chunk of rows at C speed with pandas rather than one `json.dumps` per row.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        return json.dumps(value, ensure_ascii=False)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class CampaignState(enum.StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class MessageState(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class MessageKind(enum.StrEnum):
+    TEMPLATE = "template"
+    TEXT = "text"
+
+
+class SuppressionSource(enum.StrEnum):
+    MANUAL = "manual"
+    OPT_OUT = "opt_out"
+    ERROR_131050 = "error_131050"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONText(), list[str]: JSONText()}
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default=CampaignState.DRAFT)
+    phone_number_id: Mapped[str | None] = mapped_column(String(64))
+    """The sender; `None` means the `WA_PHONE_NUMBER_ID` of the worker that sends it."""
+    template_name: Mapped[str] = mapped_column(String(512))
+    template_language: Mapped[str] = mapped_column(String(32))
+    template_category: Mapped[str | None] = mapped_column(String(32))
+    """`marketing`, `utility` or `authentication` once known (given, or read at launch)."""
+    param_columns: Mapped[list[str]] = mapped_column(default=list)
+    text_body: Mapped[str | None] = mapped_column(Text)
+    header_type: Mapped[str | None] = mapped_column(String(16))
+    header_link: Mapped[str | None] = mapped_column(Text)
+    mps: Mapped[int | None] = mapped_column(Integer)
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    """Why the engine (not the user) paused it, shown by `campaign status`."""
+    pause_code: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    scheduled_at: Mapped[datetime | None]
+    launched_at: Mapped[datetime | None]
+    paused_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+
+
+class Contact(Base):
+    """One per number, shared by every campaign: the windows and limits are per person."""
+
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phone: Mapped[str] = mapped_column(String(20), unique=True)
+    """E.164 with `+`."""
+    wa_id: Mapped[str | None] = mapped_column(String(32))
+    """Meta's canonical id, which may differ from the number (BR, MX, AR prefixes)."""
+    wa_status: Mapped[str | None] = mapped_column(String(16))
+    """Contacts check result: `valid` or `invalid`."""
+    wa_checked_at: Mapped[datetime | None]
+    unreachable_at: Mapped[datetime | None]
+    """When a message to it failed with 131026 (not on WhatsApp, old app, terms not accepted)."""
+    last_inbound_at: Mapped[datetime | None]
+    """The 24-hour customer-service window opens here."""
+    last_sent_at: Mapped[datetime | None]
+    """The pair limit counts from here."""
+    marketing_limited_until: Mapped[datetime | None]
+    """131049: no marketing message before this time."""
+    opted_out_at: Mapped[datetime | None]
+
+
+class Import(Base):
+    """An import's audit trail."""
+
+    __tablename__ = "imports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    file: Mapped[str] = mapped_column(Text)
+    rows: Mapped[int] = mapped_column(default=0)
+    imported: Mapped[int] = mapped_column(default=0)
+    rejected: Mapped[int] = mapped_column(default=0)
+    invalid: Mapped[int] = mapped_column(default=0)
+    duplicate: Mapped[int] = mapped_column(default=0)
+    suppressed: Mapped[int] = mapped_column(default=0)
+    not_on_whatsapp: Mapped[int] = mapped_column(default=0)
+    missing_param: Mapped[int] = mapped_column(default=0)
+    us_numbers: Mapped[int] = mapped_column(default=0)
+    rejects_file: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Message(Base):
+    """The outbox: one message per (campaign, contact)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "contact_id"),
+        # "next sendable messages of a running campaign": state first, then due time.
+        Index("ix_messages_sendable", "campaign_id", "state", "next_attempt_at"),
+        Index("ix_messages_lease", "state", "lease_expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    import_id: Mapped[int | None] = mapped_column(ForeignKey("imports.id", ondelete="SET NULL"))
+    row_number: Mapped[int | None] = mapped_column(Integer)
+    """The row's line in its file, for the report's order and for the user's own checks."""
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """The recipient's row as imported: template parameters and the report's extra columns."""
+    kind: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default=MessageState.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    wamid: Mapped[str | None] = mapped_column(String(128), unique=True)
+    wa_id: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[int | None] = mapped_column(BigInteger)
+    error_title: Mapped[str | None] = mapped_column(Text)
+    error_details: Mapped[str | None] = mapped_column(Text)
+    pricing_category: Mapped[str | None] = mapped_column(String(32))
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sending_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    read_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+
+
+class WebhookEvent(Base):
+    """A webhook body exactly as received (raw bytes), stored before it is answered 200."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """SHA-256 of the body: Meta's duplicate deliveries are stored once."""
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Suppression(Base):
+    """The opt-out list, honoured by import and by the dispatcher."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phone: Mapped[str] = mapped_column(String(20), unique=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16), default=SuppressionSource.MANUAL)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,80 @@
+"""The opt-out list: numbers no campaign may message, honoured by import and by the dispatcher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from campaign import csvfile, phone
+from campaign.exceptions import CampaignError
+from campaign.models import Suppression, SuppressionSource, utcnow
+from campaign.sql import batches, insert_ignore
+
+
+def normalize_all(raws: Iterable[str], default_region: str | None = None, *, source: str = "") -> list[str]:
+    """E.164 for every raw number, or an error naming the first that is not a number."""
+    numbers = []
+    for raw in raws:
+        n = phone.normalize(raw, default_region)
+        if isinstance(n, phone.Invalid):
+            raise CampaignError(f"{source}{n.detail}")
+        numbers.append(n.e164)
+    return numbers
+
+
+def read_numbers(path: str | Path, default_region: str | None = None) -> list[str]:
+    """The numbers of a file: a CSV with a phone column, or one number per line."""
+    path = Path(path)
+    try:
+        layout = csvfile.inspect(path)
+        column = pd.read_csv(path, sep=layout.delimiter, dtype=str, keep_default_na=False, encoding="utf-8-sig")[
+            layout.phone_column
+        ]
+        start = 2
+    except CampaignError as exc:
+        if "no phone column" not in str(exc):
+            raise
+        column = pd.Series(path.read_text(encoding="utf-8-sig").splitlines())
+        start = 1
+    numbers = []
+    for line, raw in enumerate(column.tolist(), start=start):
+        if raw.strip():
+            numbers.extend(normalize_all([raw], default_region, source=f"{path}: line {line}: "))
+    return numbers
+
+
+def suppress(
+    session: Session,
+    numbers: list[str],
+    *,
+    reason: str | None = None,
+    source: SuppressionSource = SuppressionSource.MANUAL,
+    now: datetime | None = None,
+) -> int:
+    """Add E.164 `numbers` to the list; returns how many were not on it already."""
+    now = now or utcnow()
+    rows = [{"phone": n, "reason": reason, "source": source.value, "created_at": now} for n in dict.fromkeys(numbers)]
+    added = 0
+    for batch in batches(rows):
+        already = set(session.scalars(select(Suppression.phone).where(Suppression.phone.in_([r["phone"] for r in batch]))))
+        session.execute(insert_ignore(session, Suppression), list(batch))
+        added += len(batch) - len(already)
+    return added
+
+
+def unsuppress(session: Session, numbers: list[str]) -> int:
+    """Remove E.164 `numbers` from the list; returns how many were on it."""
+    removed = 0
+    for batch in batches(list(dict.fromkeys(numbers))):
+        result = session.execute(delete(Suppression).where(Suppression.phone.in_(batch)))
+        removed += result.rowcount  # type: ignore[attr-defined]
+    return removed
+
+
+def is_suppressed(session: Session, number: str) -> bool:
+    return session.scalar(select(Suppression.id).where(Suppression.phone == number)) is not None

@@ -1,0 +1,66 @@
+"""The schema: SQLite creates and upgrades itself; PostgreSQL refuses until upgraded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from campaign.db import Database
+from campaign.exceptions import CampaignError
+
+
+def test_sqlite_is_created_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    db = Database.open(f"sqlite:///{tmp_path / 'new.db'}")
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+    current, head = db.schema_revisions()
+    assert current == head
+    assert {"campaigns", "contacts", "messages", "webhook_events", "suppressions", "imports"} <= set(inspect(db.engine).get_table_names())
+
+
+def test_the_outbox_has_its_unique_constraints_and_sendable_index(db: Database) -> None:
+    inspector = inspect(db.engine)
+    uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints("messages")}
+    assert ("campaign_id", "contact_id") in uniques and ("wamid",) in uniques
+    assert ("phone",) in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("contacts")}
+    assert ("content_hash",) in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("webhook_events")}
+    indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("messages")}
+    assert indexes["ix_messages_sendable"] == ["campaign_id", "state", "next_attempt_at"]
+
+
+def test_a_behind_schema_is_refused_on_postgresql_and_upgraded_on_sqlite(database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        Database.open(database_url)  # creates it
+        return
+    with pytest.raises(CampaignError, match=r"run `campaign db upgrade`"):
+        Database.open(database_url)
+    db = Database.open(database_url, migrate=False)
+    db.upgrade()
+    Database.open(database_url).close()  # now current: accepted
+
+
+def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CampaignError, match="does not exist"):
+        Database.open(f"sqlite:///{tmp_path / 'nope' / 'x.db'}")
+
+
+def test_a_sqlite_transaction_takes_the_write_lock_up_front(db: Database) -> None:
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's locking only")
+    with db.session() as session:
+        session.execute(text("SELECT 1"))  # even a read starts the transaction with BEGIN IMMEDIATE
+        other = db.engine.raw_connection()
+        other.execute("PRAGMA busy_timeout=0")  # type: ignore[attr-defined]
+        with pytest.raises(Exception, match="locked"):
+            other.execute("BEGIN IMMEDIATE")  # type: ignore[attr-defined]
+        other.close()
+
+
+def test_db_upgrade_command(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("db", "upgrade")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("database at revision 0001")
