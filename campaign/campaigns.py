@@ -133,3 +133,41 @@ def counts(session: Session, campaign_ids: list[int] | None = None) -> dict[int,
     return {
         cid: Counts({s.value: found.get(cid, {}).get(s.value, 0) for s in MessageState}) for cid in ids
     }
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+# draft -> scheduled -> running <-> paused -> completed; any non-final -> cancelled.
+
+
+def _require(campaign: Campaign, allowed: tuple[CampaignState, ...], verb: str) -> None:
+    if campaign.state not in allowed:
+        raise CampaignError(f"campaign {campaign.name!r} is {campaign.state}: cannot {verb} it")
+
+
+def pause(session: Session, campaign: Campaign, *, now: datetime | None = None) -> None:
+    """The user's pause: workers stop sending it within about a second."""
+    _require(campaign, (CampaignState.RUNNING, CampaignState.SCHEDULED), "pause")
+    campaign.state = CampaignState.PAUSED
+    campaign.paused_at = now or utcnow()
+    campaign.pause_reason = None
+    campaign.pause_code = None
+
+
+def engine_pause(session: Session, campaign: Campaign, reason: str, code: int | None, *, now: datetime | None = None) -> bool:
+    """The engine's pause, for an error that dooms the campaign; the reason shows in `status`.
+
+    Returns False when the campaign was not running (already paused, cancelled, ...)."""
+    if campaign.state not in (CampaignState.RUNNING, CampaignState.SCHEDULED):
+        return False
+    campaign.state = CampaignState.PAUSED
+    campaign.paused_at = now or utcnow()
+    campaign.pause_reason = reason
+    campaign.pause_code = code
+    return True
+
+
+def resume(session: Session, campaign: Campaign, *, now: datetime | None = None) -> None:
+    _require(campaign, (CampaignState.PAUSED,), "resume")
+    campaign.state = CampaignState.RUNNING
+    campaign.pause_reason = None
+    campaign.pause_code = None
