@@ -7,7 +7,7 @@ import string
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -171,3 +171,31 @@ def resume(session: Session, campaign: Campaign, *, now: datetime | None = None)
     campaign.state = CampaignState.RUNNING
     campaign.pause_reason = None
     campaign.pause_code = None
+
+
+def launch(session: Session, campaign: Campaign, *, at: datetime | None = None, now: datetime | None = None) -> None:
+    """`draft` or `paused` → `running`, or `scheduled` until `at`."""
+    _require(campaign, (CampaignState.DRAFT, CampaignState.PAUSED, CampaignState.SCHEDULED), "launch")
+    now = now or utcnow()
+    if at is not None and at > now:
+        campaign.state = CampaignState.SCHEDULED
+        campaign.scheduled_at = at
+    else:
+        campaign.state = CampaignState.RUNNING
+        campaign.launched_at = campaign.launched_at or now
+    campaign.pause_reason = None
+    campaign.pause_code = None
+
+
+def cancel(session: Session, campaign: Campaign, *, now: datetime | None = None) -> int:
+    """End the campaign: its queued messages become `cancelled`. Returns how many."""
+    _require(campaign, (CampaignState.DRAFT, CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.PAUSED), "cancel")
+    now = now or utcnow()
+    campaign.state = CampaignState.CANCELLED
+    campaign.cancelled_at = now
+    result = session.execute(
+        update(Message)
+        .where(Message.campaign_id == campaign.id, Message.state == MessageState.QUEUED)
+        .values(state=MessageState.CANCELLED)
+    )
+    return result.rowcount  # type: ignore[attr-defined,no-any-return]

@@ -6,12 +6,16 @@ usage errors exit 2. Progress bars show on a terminal and stay quiet in pipes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -21,10 +25,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from campaign import campaigns, suppressions
+from campaign import campaigns, sending, suppressions
 from campaign.config import RedactSecrets, Settings, load_settings
 from campaign.contacts import ContactsEndpoint
 from campaign.db import Database
+from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from campaign.exceptions import CampaignError
 from campaign.graph import GraphClient
 from campaign.importer import ImportOptions, import_file
@@ -264,7 +269,8 @@ def unsuppress(app: AppContext, phones: tuple[str, ...], default_region: str | N
 @handle_errors
 def status(app: AppContext, name: str | None, as_json: bool) -> None:
     """One line per campaign, or NAME's state and counts per message state."""
-    with app.database().read_session() as session:
+    database = app.database()
+    with database.read_session() as session:
         found = [campaigns.get(session, name)] if name else campaigns.list_all(session)
         counted = campaigns.counts(session, [c.id for c in found])
     reports = [
@@ -272,6 +278,10 @@ def status(app: AppContext, name: str | None, as_json: bool) -> None:
         | ({"pause_reason": c.pause_reason} if c.pause_reason else {})
         for c in found
     ]
+    if name:
+        figures = sending.progress(database, found[0].id)
+        reports[0]["rate"] = round(figures.rate, 2)
+        reports[0]["eta_seconds"] = None if figures.eta_seconds is None else round(figures.eta_seconds)
     if as_json:
         click.echo(json.dumps(reports[0] if name else reports))
         return
@@ -294,6 +304,15 @@ def _print_campaign(campaign: Any, report: dict[str, Any]) -> None:
     table.add_column("total", justify="right")
     table.add_row(*(str(n) for n in report["counts"].values()), str(report["total"]))
     stdout.print(table)
+    if report.get("rate"):
+        eta = report["eta_seconds"]
+        stdout.print(f"sending {report['rate']:.1f} messages/s" + (f", about {_duration(eta)} left" if eta else ""))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 def _print_campaigns(reports: list[dict[str, Any]]) -> None:
@@ -305,3 +324,163 @@ def _print_campaigns(reports: list[dict[str, Any]]) -> None:
         c = r["counts"]
         table.add_row(escape(r["name"]), r["state"], str(r["total"]), *(str(c[s]) for s in ("queued", "sent", "delivered", "read", "failed")))
     stdout.print(table)
+
+
+# -- sending -----------------------------------------------------------------------------------
+
+
+def _parse_at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise CampaignError(f"--at {value!r} is not an ISO 8601 time such as 2026-12-01T09:00:00+01:00") from None
+    return at if at.tzinfo else at.astimezone()  # a time without offset is local time
+
+
+@main.command()
+@click.argument("name")
+@click.option("--at", "at", metavar="ISO8601", help="Start at this time instead of now.")
+@click.option("--detach", is_flag=True, help="Only change the state; a `campaign worker` sends.")
+@pass_app
+@handle_errors
+def launch(app: AppContext, name: str, at: str | None, detach: bool) -> None:
+    """Start campaign NAME (draft or paused), in the foreground unless --detach."""
+    database = app.database()
+    campaign = sending.launch(database, app.settings, name, at=_parse_at(at))
+    if campaign.state == "scheduled":
+        click.echo(f"campaign {name!r} scheduled for {campaign.scheduled_at:%Y-%m-%d %H:%M:%S %Z}", err=True)
+    if detach:
+        click.echo(f"campaign {name!r} is {campaign.state}; `campaign worker` sends it")
+        return
+    _send_in_foreground(app, database, name)
+
+
+def _send_in_foreground(app: AppContext, database: Database, name: str) -> None:
+    """Send until the campaign completes, pauses or is cancelled; Ctrl-C pauses it."""
+    with database.read_session() as session:
+        campaign_id = campaigns.get(session, name).id
+    bar_update, bar_close = _send_progress(database, name, campaign_id)
+    try:
+        stats, interrupted = _run_dispatcher(app, database, [name], exit_when_idle=True, on_progress=bar_update)
+    finally:
+        bar_close()
+    if interrupted:
+        with database.session() as session:
+            campaign = campaigns.get(session, name)
+            if campaign.state == "running":
+                campaigns.pause(session, campaign)
+        click.echo(f"paused campaign {name!r}; `campaign resume {name}` continues where it stopped", err=True)
+    with database.read_session() as session:
+        campaign = campaigns.get(session, name)
+    click.echo(f"campaign {name!r} is {campaign.state}: sent {stats.sent}, failed {stats.failed} by this run")
+    if campaign.pause_reason:
+        click.echo(f"paused by the engine: {campaign.pause_reason}", err=True)
+
+
+def _run_dispatcher(
+    app: AppContext, database: Database, names: list[str] | None, *, exit_when_idle: bool,
+    on_progress: Callable[[DispatchStats], None] | None = None,
+) -> tuple[DispatchStats, bool]:
+    """Run one dispatcher until idle or a signal (SIGINT, SIGTERM): in-flight requests finish
+    and are recorded before it returns. Returns its figures and whether a signal stopped it."""
+    interrupted = False
+    dispatcher = Dispatcher(database, sending.client_factory(app.settings), DispatchConfig.from_settings(app.settings),
+                            on_progress=on_progress)
+
+    def stop() -> None:
+        nonlocal interrupted
+        interrupted = True
+        dispatcher.stop()
+
+    async def main_loop() -> DispatchStats:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop)
+        return await dispatcher.run(campaigns=names, exit_when_idle=exit_when_idle)
+
+    return asyncio.run(main_loop()), interrupted
+
+
+def _send_progress(database: Database, name: str, campaign_id: int) -> tuple[Callable[[DispatchStats], None], Callable[[], None]]:
+    """A progress bar of messages settled (sent, failed, skipped) out of the campaign's total."""
+    if not stderr.is_terminal:
+        return (lambda stats: None), (lambda: None)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[detail]}"), TimeRemainingColumn())
+    bar = Progress(*columns, console=stderr, transient=False)
+    bar.start()
+    task = bar.add_task(f"sending {escape(name)}", total=None, detail="")
+    last = 0.0
+
+    def update(stats: DispatchStats) -> None:
+        nonlocal last
+        if time.monotonic() - last < 0.5:
+            return
+        last = time.monotonic()
+        counts = sending.progress(database, campaign_id).counts.by_state
+        total = sum(counts.values())
+        bar.update(task, total=total, completed=total - counts["queued"] - counts["sending"],
+                   detail=f"sent {stats.sent} failed {stats.failed} {stats.rate:.1f}/s")
+
+    return update, bar.stop
+
+
+@main.command()
+@click.argument("name")
+@pass_app
+@handle_errors
+def pause(app: AppContext, name: str) -> None:
+    """Stop sending campaign NAME (within about a second)."""
+    with app.database().session() as session:
+        campaigns.pause(session, campaigns.get(session, name))
+    click.echo(f"paused campaign {name!r}")
+
+
+@main.command()
+@click.argument("name")
+@pass_app
+@handle_errors
+def resume(app: AppContext, name: str) -> None:
+    """Continue a paused campaign where it stopped (a worker sends it)."""
+    with app.database().session() as session:
+        campaigns.resume(session, campaigns.get(session, name))
+    click.echo(f"resumed campaign {name!r}; `campaign worker` (or `campaign launch {name}`) sends it")
+
+
+@main.command()
+@click.argument("name")
+@pass_app
+@handle_errors
+def cancel(app: AppContext, name: str) -> None:
+    """End campaign NAME: its queued messages are cancelled."""
+    with app.database().session() as session:
+        cancelled = campaigns.cancel(session, campaigns.get(session, name))
+    click.echo(f"cancelled campaign {name!r} ({cancelled} queued messages cancelled)")
+
+
+@main.command()
+@click.option("--campaign", "names", multiple=True, metavar="NAME", help="Only these campaigns (default: all running).")
+@click.option("--exit-when-idle", is_flag=True, help="Exit 0 once no running or scheduled campaign has work left.")
+@pass_app
+@handle_errors
+def worker(app: AppContext, names: tuple[str, ...], exit_when_idle: bool) -> None:
+    """The dispatcher: send every running campaign (any number of workers may run)."""
+    stats, _ = _run_dispatcher(app, app.database(), list(names) or None, exit_when_idle=exit_when_idle)
+    click.echo(f"worker stopped: sent {stats.sent}, failed {stats.failed}, retried {stats.retried}", err=True)
+
+
+@main.command("test")
+@click.argument("name")
+@click.option("--to", "numbers", multiple=True, required=True, metavar="PHONE", help="A number to send to (repeat).")
+@click.option("--default-region", metavar="CC", help="Region for numbers without a country code.")
+@pass_app
+@handle_errors
+def test_send(app: AppContext, name: str, numbers: tuple[str, ...], default_region: str | None) -> None:
+    """Send campaign NAME's template to a few numbers now; not counted in the campaign."""
+    results = sending.send_test(app.database(), app.settings, name, numbers, default_region)
+    for result in results:
+        click.echo(f"{result.phone}: " + (f"accepted {result.wamid}" if result.wamid else f"failed: {result.error}"))
+    if any(r.error for r in results):
+        sys.exit(1)

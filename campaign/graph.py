@@ -6,6 +6,7 @@ error table's business (`campaign.errors`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,40 @@ class ContactCheck:
     wa_id: str | None
 
 
+class Uncertain(Exception):
+    """The request may have reached Meta and its answer was lost (timeout, dropped connection).
+
+    There is no idempotency key in the Cloud API: such a message must not be re-sent
+    blindly; a status webhook carrying its callback data, or a grace period, settles it."""
+
+
+# Only these prove the request never left (library-notes.md, httpx).
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    wamid: str
+    wa_id: str | None
+    message_status: str | None
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    language: str
+    status: str
+    category: str | None
+    body_parameters: int
+    header_parameters: int
+
+
+def count_placeholders(text: str | None) -> int:
+    """Distinct `{{n}}` (or named `{{name}}`) placeholders in a template component's text."""
+    return len(set(re.findall(r"\{\{\s*([\w]+)\s*\}\}", text or "")))
+
+
+
 class GraphClient:
     """One pooled connection set to the Graph API (or the sandbox) with the system-user token."""
 
@@ -119,3 +154,52 @@ class GraphClient:
             ContactCheck(str(c.get("input", "")), c.get("status") == "valid", c.get("wa_id"))
             for c in answer.get("contacts", [])
         ]
+
+    async def send_message(self, phone_number_id: str, body: dict[str, Any]) -> Accepted:
+        """POST one message. Raises `GraphError` (Meta said no), `Uncertain` (unknown
+        outcome), or one of `NOT_SENT` (certainly not sent)."""
+        try:
+            response = await self._client.post(f"{phone_number_id}/messages", json=body)
+        except NOT_SENT:
+            raise
+        except httpx.HTTPError as exc:
+            raise Uncertain(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code == 200:
+            try:
+                answer = response.json()
+                message = answer["messages"][0]
+                contact = (answer.get("contacts") or [{}])[0]
+                return Accepted(str(message["id"]), contact.get("wa_id"), message.get("message_status"))
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise Uncertain(f"200 without a message id: {response.text[:200]!r}") from exc
+        error = GraphError.from_response(response)
+        if error.code is None and response.status_code >= 500:
+            # A gateway error without Meta's body: the request may have been processed behind it.
+            raise Uncertain(f"HTTP {response.status_code} without an error body")
+        raise error
+
+    async def fetch_templates(self, waba_id: str, name: str) -> list[Template]:
+        """The WABA's templates called `name`, every language, with their parameter counts."""
+        params = {"name": name, "fields": "name,language,status,category,components,parameter_format", "limit": "100"}
+        response = await self._client.get(f"{waba_id}/message_templates", params=params)
+        if response.status_code != 200:
+            raise GraphError.from_response(response)
+        found = []
+        for item in response.json().get("data", []):
+            if item.get("name") != name:
+                continue
+            components = {str(c.get("type", "")).upper(): c for c in item.get("components", [])}
+            header = components.get("HEADER", {})
+            found.append(
+                Template(
+                    name=item["name"],
+                    language=str(item.get("language", "")),
+                    status=str(item.get("status", "")).upper(),
+                    category=(item.get("category") or "").lower() or None,
+                    body_parameters=count_placeholders(components.get("BODY", {}).get("text")),
+                    header_parameters=count_placeholders(header.get("text"))
+                    if str(header.get("format", "TEXT")).upper() == "TEXT"
+                    else 0,
+                )
+            )
+        return found

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -168,6 +169,11 @@ class Contact(Base):
     marketing_limited_until: Mapped[datetime | None]
     """131049: no marketing message before this time."""
     opted_out_at: Mapped[datetime | None]
+    opted_in_at: Mapped[datetime | None]
+    """The latest opt-in (START, or marketing resumed): an opt-out older than it is void,
+    so STOP and START arriving in either order end the same (reconcile.py)."""
+    next_send_at: Mapped[datetime | None]
+    """The pair limit, across campaigns and workers: a claim reserves the contact until here."""
 
 
 class Import(Base):
@@ -223,6 +229,10 @@ class Message(Base):
     error_title: Mapped[str | None] = mapped_column(Text)
     error_details: Mapped[str | None] = mapped_column(Text)
     pricing_category: Mapped[str | None] = mapped_column(String(32))
+    business_initiated: Mapped[bool] = mapped_column(default=False)
+    """Sent (or reserved to be sent) outside the user's window: counts against the messaging limit."""
+    pair_hits: Mapped[int] = mapped_column(default=0)
+    """How often Meta refused it for the pair rate (131056): the backoff is 4^x seconds."""
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
     sending_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
@@ -255,3 +265,43 @@ class Suppression(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16), default=SuppressionSource.MANUAL)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SendSlots(Base):
+    """The send pacing of one sender number, shared by every worker through the database.
+
+    Each worker reserves the next slots here (`next_at` moves by 1/rate per message), so
+    all workers together send evenly at `rate`; 130429 lowers `rate` for all of them.
+    Times are Unix seconds as floats: slot arithmetic stays the same on both dialects.
+    """
+
+    __tablename__ = "send_slots"
+
+    sender: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Double, default=0.0)
+    rate: Mapped[float] = mapped_column(Double)
+    adjusted_at: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class PendingStatus(Base):
+    """A status webhook whose message is not known yet (the webhook can beat the send's
+    commit): kept and retried on every reconcile pass, orphaned after a long wait."""
+
+    __tablename__ = "pending_statuses"
+    __table_args__ = (Index("ix_pending_statuses_waiting", "orphaned_at", "first_seen_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[int | None] = mapped_column(BigInteger)
+    """The webhook event it came from."""
+    wamid: Mapped[str] = mapped_column(String(128), index=True)
+    callback_data: Mapped[str | None] = mapped_column(Text)
+    """`biz_opaque_callback_data` as received."""
+    message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    """The outbox id parsed from `callback_data`, when it is one of ours."""
+    status: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    """The `statuses[]` item exactly as received."""
+    first_seen_at: Mapped[datetime]
+    """When its event was received."""
+    orphaned_at: Mapped[datetime | None]
+    """Set when no message turned up within the orphan limit: reported, no longer retried."""

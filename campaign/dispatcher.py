@@ -1,0 +1,456 @@
+"""The dispatcher: drains the outbox of running campaigns under Meta's limits, at most once.
+
+One worker is one asyncio loop. Per sender number it reserves evenly spaced send slots in
+the database (so any number of workers together pace at the cap; pyrate-limiter's sliding
+window alone admits a burst and then waits, leaving 10-20% of the cap unused), keeps an
+in-process pyrate-limiter window as the hard guard, marks each small group of messages in
+flight in the database *before* their requests leave, and records results in batches.
+Database calls run on one dedicated thread so SQLite lock waits never stall the sends.
+
+What happens to each outcome is the error table's decision (`campaign.errors`); what may be
+sent at all is the send policy's (`campaign.policy`); the statements are the outbox's
+(`campaign.outbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import httpx
+from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate
+from sqlalchemy import update
+
+from campaign import errors, payloads, policy, statuses, suppressions
+from campaign.config import Settings
+from campaign.db import Database
+from campaign.exceptions import CampaignError
+from campaign.graph import NOT_SENT, Accepted, GraphClient, GraphError, Uncertain
+from campaign.models import Contact, SuppressionSource
+from campaign.outbox import GRACE, Claimed, Outbox, Results, RunningCampaign
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PACE = 0.98
+"""Fraction of the cap the slots are spaced at: arrivals at Meta jitter around send times,
+and Meta counts inbound messages against the same throughput."""
+SLOT_BLOCK_SECONDS = 0.2
+SLOT_LEAD = 0.05
+MIN_GAP_FACTOR = 0.9
+"""Catching up after a stall, two sends of one worker are at least 0.9/cap apart; the
+limiter's exact sliding window then holds the cap. (A gap of a full 1/cap would turn
+asyncio's ~1 ms oversleep into a steady 7% loss.)"""
+LATENCY_BUDGET = 0.5
+"""Seconds of requests the connection pools are sized for (cap x this, 16 per client)."""
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    mps: int = 80
+    pair_interval: float = 6.0
+    daily_unique_limit: int | None = None
+    default_sender: str | None = None
+    poll_interval: float = 0.25
+    """How often campaign states are re-read: a pause takes effect within about this."""
+    claim_seconds: float = 2.0
+    """Each claim takes about this many seconds of sending."""
+    lease: timedelta = timedelta(seconds=30)
+    grace: timedelta = GRACE
+    recover_every: float = 5.0
+    retry_base: float = 2.0
+    """Seconds before the first retry of a transient error; it doubles with each attempt."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> DispatchConfig:
+        return cls(mps=settings.mps, pair_interval=settings.pair_interval,
+                   daily_unique_limit=settings.daily_unique_limit, default_sender=settings.phone_number_id, **overrides)
+
+
+@dataclass
+class DispatchStats:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    throttled: int = 0
+    in_doubt: int = 0
+    skipped_or_released: int = 0
+    started: float = field(default_factory=time.monotonic)
+    paused: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.sent / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Messages marked in flight, with the slots reserved for them."""
+
+    messages: list[Claimed]
+    start: float
+    rate: float
+    cap: float
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Dispatcher:
+    """One worker. `run()` until stopped, or until idle with `exit_when_idle`."""
+
+    def __init__(
+        self,
+        db: Database,
+        client_factory: Callable[[], GraphClient],
+        config: DispatchConfig,
+        *,
+        worker_id: str | None = None,
+        on_progress: Callable[[DispatchStats], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.client_factory = client_factory
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFF:x}"
+        self.outbox = Outbox(db, self.worker_id, lease=config.lease)
+        self.on_progress = on_progress
+        self.rng = rng or random.Random()
+        self.stats = DispatchStats()
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="campaign-db")
+        self._slots_thread = ThreadPoolExecutor(1, thread_name_prefix="campaign-slots")
+        """The send path's own (small, quick) transactions: never queued behind a claim or a flush."""
+        self._campaigns: dict[int, RunningCampaign] = {}
+        self._queues: dict[str, deque[Claimed]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._limiters: dict[str, Limiter] = {}
+        self._clients: list[GraphClient] = []
+        self._next_client = 0
+        self._results = Results()
+        self._marked: set[int] = set()
+        """Marked in flight, not yet handed to a request: returned to the queue on shutdown."""
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    # -- the main loop -----------------------------------------------------------------------
+
+    async def run(self, *, campaigns: Sequence[str] | None = None, exit_when_idle: bool = False,
+                  stop: asyncio.Event | None = None) -> DispatchStats:
+        names = list(campaigns) if campaigns else None
+        self._clients = [self.client_factory() for _ in range(self._client_count())]
+        last_recover = 0.0
+        try:
+            while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+                now = utcnow()
+                if time.monotonic() - last_recover >= self.config.recover_every:
+                    await self._recover(now)
+                    last_recover = time.monotonic()
+                await self._refresh(names, now)
+                await self._claim(now)
+                await self._flush()
+                if self.on_progress is not None:
+                    self.on_progress(self.stats)
+                if exit_when_idle and self._idle() and not await self._db(self.outbox.has_pending_work, names):
+                    self.stats.completed += await self._db(self.outbox.complete_finished, utcnow())
+                    break
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+        finally:
+            await self._shutdown()
+        return self.stats
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _idle(self) -> bool:
+        return not self._in_flight and not any(self._queues.values()) and not len(self._results)
+
+    def _client_count(self) -> int:
+        # httpcore's pool is quadratic past ~20 connections (library-notes.md): several
+        # clients of 16 connections each serve high caps instead of one large pool.
+        return max(1, math.ceil(self.config.mps * LATENCY_BUDGET / 16))
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    async def _db_now(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._slots_thread, fn, *args)
+
+    async def _recover(self, now: datetime) -> None:
+        never_left, expired = await self._db(self.outbox.recover, now, self.config.grace)
+        if never_left or expired:
+            log.info("re-queued %d expired claims and %d in-doubt messages past the grace period", never_left, expired)
+        self.stats.completed += await self._db(self.outbox.complete_finished, now)
+
+    async def _refresh(self, names: list[str] | None, now: datetime) -> None:
+        running = await self._db(self.outbox.active_campaigns, names, now)
+        self._campaigns = {c.id: c for c in running}
+        stopped = []
+        for queue in self._queues.values():
+            keep = [m for m in queue if m.campaign_id in self._campaigns]
+            stopped += [m.id for m in queue if m.campaign_id not in self._campaigns]
+            queue.clear()
+            queue.extend(keep)
+        if stopped:
+            await self._db(self.outbox.release_all, stopped, now)
+        for sender in {self._sender(c) for c in running}:
+            if sender not in self._senders or self._senders[sender].done():
+                self._queues.setdefault(sender, deque())
+                self._senders[sender] = asyncio.create_task(self._send_loop(sender), name=f"send {sender}")
+
+    def _sender(self, campaign: RunningCampaign) -> str:
+        sender = campaign.sender or self.config.default_sender
+        if not sender:
+            raise CampaignError(f"campaign {campaign.name!r} has no sender: set WA_PHONE_NUMBER_ID or --phone-number-id")
+        return sender
+
+    def _cap(self, sender: str) -> float:
+        caps = [c.mps for c in self._campaigns.values() if c.mps and self._sender(c) == sender]
+        return float(min([self.config.mps, *caps]))
+
+    async def _claim(self, now: datetime) -> None:
+        for sender, queue in self._queues.items():
+            cap = self._cap(sender)
+            if len(queue) >= cap * self.config.claim_seconds / 2:
+                continue
+            owned = [c for c in self._campaigns.values() if self._sender(c) == sender]
+            if not owned:
+                continue
+            queue.extend(await self._db(self._claim_sync, owned, int(cap * self.config.claim_seconds) + 1, now))
+
+    def _claim_sync(self, owned: list[RunningCampaign], limit: int, now: datetime) -> list[Claimed]:
+        return self.outbox.claim(owned, limit, now, pair_interval=self.config.pair_interval,
+                                 daily_unique_limit=self.config.daily_unique_limit)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def _send_loop(self, sender: str) -> None:
+        """Send this sender's queue at its reserved slots; the next block is prepared (slots
+        reserved, messages marked in flight) while the current one goes out, so the slots of
+        consecutive blocks join without a gap."""
+        limiter = self._limiter(sender)
+        last_due = last_send = 0.0
+        upcoming: asyncio.Task[_Block | None] | None = None
+        try:
+            while not self._stop.is_set():
+                block = await (upcoming or asyncio.create_task(self._prepare(sender)))
+                upcoming = asyncio.create_task(self._prepare(sender))
+                if block is None:
+                    await asyncio.sleep(0.02)
+                    continue
+                for position, message in enumerate(block.messages):
+                    # Never earlier than the slot, and never closer than 1/rate to this
+                    # worker's previous slot: a late block is not caught up in a burst. (The
+                    # schedule, not the clock after each sleep, sets the spacing: asyncio's
+                    # ~1 ms oversleep would otherwise add up to a tenth of the rate.)
+                    # After a stall (GIL, a slow DB thread) overdue sends catch up gently.
+                    due = max(block.start + position / block.rate, last_due + 1 / block.rate,
+                              last_send + MIN_GAP_FACTOR / block.cap)
+                    last_due = due
+                    if (delay := due - time.time()) > 0:
+                        await asyncio.sleep(delay)
+                    last_send = time.time()
+                    if message.campaign_id not in self._campaigns:  # paused: these never left
+                        unsent = [m.id for m in block.messages[position:] if m.campaign_id not in self._campaigns]
+                        await self._unmark(unsent)
+                        continue
+                    await limiter.try_acquire_async(sender)
+                    self._marked.discard(message.id)
+                    task = asyncio.create_task(self._send_one(sender, message))
+                    self._in_flight.add(task)
+                    task.add_done_callback(self._in_flight.discard)
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+                await asyncio.gather(upcoming, return_exceptions=True)
+
+    async def _prepare(self, sender: str) -> _Block | None:
+        queue = self._queues[sender]
+        if not queue:
+            return None
+        cap = self._cap(sender)
+        block = [queue.popleft() for _ in range(min(len(queue), max(1, int(cap * SLOT_BLOCK_SECONDS))))]
+        block = await self._still_running(block)
+        if not block:
+            return None
+        # Slots start a little ahead, so marking the block in flight never makes them late.
+        start, rate = await self._db_now(self.outbox.reserve_slots, sender, len(block), cap * PACE, time.time() + SLOT_LEAD)
+        ids = [m.id for m in block]
+        self._marked.update(ids)
+        await self._db_now(self.outbox.mark_in_flight, ids, utcnow())
+        return _Block(block, start, rate, cap)
+
+    async def _unmark(self, ids: list[int]) -> None:
+        if ids:
+            self._marked.difference_update(ids)
+            await self._db(self.outbox.return_unsent, ids, utcnow())
+
+    async def _still_running(self, block: list[Claimed]) -> list[Claimed]:
+        gone = [m.id for m in block if m.campaign_id not in self._campaigns]
+        if gone:
+            await self._db(self.outbox.release_all, gone, utcnow())
+        return [m for m in block if m.campaign_id in self._campaigns]
+
+    def _limiter(self, sender: str) -> Limiter:
+        """The hard guard: never more than the cap in any sliding second, in this process."""
+        if sender not in self._limiters:
+            self._limiters[sender] = Limiter(InMemoryBucket([Rate(int(self.config.mps), Duration.SECOND)]), buffer_ms=5)
+        return self._limiters[sender]
+
+    def _client(self) -> GraphClient:
+        self._next_client = (self._next_client + 1) % len(self._clients)
+        return self._clients[self._next_client]
+
+    async def _send_one(self, sender: str, message: Claimed) -> None:
+        campaign = self._campaigns.get(message.campaign_id)
+        if campaign is None:  # paused between the slot and now: the request never left
+            self._results.released.append(message.id)
+            return
+        body = self._payload(campaign, message)
+        try:
+            accepted = await self._client().send_message(sender, body)
+        except GraphError as error:
+            await self._failed(sender, campaign, message, error)
+        except Uncertain as exc:
+            log.warning("message %d: outcome unknown (%s); waiting for its status webhook", message.id, exc)
+            self.stats.in_doubt += 1
+            self._results.in_doubt.append(message.id)
+        except NOT_SENT as exc:
+            self._retry(message, f"could not connect to the Graph API ({type(exc).__name__})", None)
+        except httpx.HTTPError as exc:  # anything else from httpx: treat as unknown, never re-send blindly
+            log.warning("message %d: %r; waiting for its status webhook", message.id, exc)
+            self.stats.in_doubt += 1
+            self._results.in_doubt.append(message.id)
+        else:
+            self._sent(message, accepted)
+        if len(self._results) >= 200:
+            self._wake.set()
+
+    def _payload(self, campaign: RunningCampaign, message: Claimed) -> dict[str, Any]:
+        callback = statuses.callback_data(message.id)
+        if message.choice is policy.Choice.TEXT:
+            return payloads.text_payload(campaign.spec, message.phone, message.params, callback)
+        return payloads.template_payload(campaign.spec, message.phone, message.params, callback)
+
+    def _sent(self, message: Claimed, accepted: Accepted) -> None:
+        self.stats.sent += 1
+        self._results.add_sent(message.id, message.contact_id, accepted.wamid, accepted.wa_id, utcnow(),
+                               self.config.pair_interval)
+
+    def _retry(self, message: Claimed, title: str, code: int | None, *, after: float | None = None) -> None:
+        attempts = message.attempts + 1
+        if attempts >= policy.MAX_TRANSIENT_ATTEMPTS:
+            self._fail(message, code, f"{title} (gave up after {attempts} attempts)", None)
+            return
+        delay = max(policy.transient_backoff(attempts, self.rng, base=self.config.retry_base), after or 0.0)
+        self.stats.retried += 1
+        self._results.add_retry(message.id, message.contact_id, utcnow() + timedelta(seconds=delay), code=code, title=title)
+
+    def _fail(self, message: Claimed, code: int | None, title: str, details: str | None) -> None:
+        self.stats.failed += 1
+        self._results.add_failed(message.id, message.contact_id, code, title, details, utcnow())
+
+    async def _failed(self, sender: str, campaign: RunningCampaign, message: Claimed, error: GraphError) -> None:
+        rule = errors.rule_for(error.code, error.http_status)
+        title = error.message
+        action = rule.action
+        if action is errors.Action.SLOW_DOWN:
+            self.stats.throttled += 1
+            await self._db(self.outbox.slow_down, sender, self._cap(sender), time.time())
+            self._results.add_retry(message.id, message.contact_id, utcnow() + timedelta(seconds=1), code=error.code, title=title)
+        elif action is errors.Action.RETRY_RECIPIENT_LATER:
+            hits = message.pair_hits + 1
+            if hits > policy.MAX_PAIR_RETRIES:
+                self._fail(message, error.code, title, error.details)
+            else:
+                self.stats.retried += 1
+                due = utcnow() + timedelta(seconds=policy.pair_backoff(hits))
+                self._results.add_retry(message.id, message.contact_id, due, pair_hit=True, code=error.code, title=title)
+        elif action is errors.Action.RETRY:
+            self._retry(message, title, error.code, after=rule.retry_after)
+        elif action in (errors.Action.PAUSE_CAMPAIGN, errors.Action.PAUSE_ALL):
+            self._results.add_retry(message.id, message.contact_id, utcnow(), code=error.code, title=title)
+            if action is errors.Action.PAUSE_ALL:
+                ids = [c.id for c in self._campaigns.values() if self._sender(c) == sender]
+            else:
+                ids = [campaign.id]
+            reason = f"Meta error {error.code}: {rule.meaning} ({error}); {rule.advice}"
+            paused = await self._db(self.outbox.pause_campaigns, ids, reason, error.code, utcnow())
+            for name in paused:
+                log.error("paused campaign %r: %s", name, reason)
+            self.stats.paused += paused
+            for campaign_id in ids:
+                self._campaigns.pop(campaign_id, None)
+            self._wake.set()
+        elif rule.no_resend_for and message.attempts + 1 < policy.MAX_TRANSIENT_ATTEMPTS:
+            # 131049: Meta's per-user marketing limit; try again no sooner than it allows.
+            await self._db(self._limit_contact, message.contact_id, rule.no_resend_for)
+            self.stats.retried += 1
+            self._results.add_retry(message.id, message.contact_id, utcnow() + timedelta(seconds=rule.no_resend_for), code=error.code, title=title)
+        else:
+            self._fail(message, error.code, title, error.details)
+            if rule.unreachable:
+                await self._db(self._mark_unreachable, message.contact_id)
+            if action is errors.Action.FAIL_AND_SUPPRESS:
+                await self._db(self._suppress, message.phone, error.code)
+
+    def _limit_contact(self, contact_id: int, seconds: float) -> None:
+        with self.db.session() as session:
+            session.execute(update(Contact).where(Contact.id == contact_id)
+                            .values(marketing_limited_until=utcnow() + timedelta(seconds=seconds)))
+
+    def _mark_unreachable(self, contact_id: int) -> None:
+        with self.db.session() as session:
+            session.execute(update(Contact).where(Contact.id == contact_id).values(unreachable_at=utcnow()))
+
+    def _suppress(self, phone: str, code: int | None) -> None:
+        with self.db.session() as session:
+            suppressions.suppress(session, [phone], reason=f"Meta error {code}", source=SuppressionSource.ERROR_131050)
+
+    # -- results and shutdown ----------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        if not len(self._results):
+            return
+        results, self._results = self._results, Results()
+        await self._db(self.outbox.record, results)
+
+    async def _shutdown(self) -> None:
+        self._stop.set()
+        for task in self._senders.values():
+            task.cancel()
+        await asyncio.gather(*self._senders.values(), return_exceptions=True)
+        if self._in_flight:  # requests already sent finish and are recorded
+            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+        await self._flush()
+        await self._unmark(list(self._marked))
+        unsent = [m.id for queue in self._queues.values() for m in queue]
+        if unsent:
+            await self._db(self.outbox.release_all, unsent, utcnow())
+        for queue in self._queues.values():
+            queue.clear()
+        for client in self._clients:
+            await client.aclose()
+        for limiter in self._limiters.values():
+            limiter.close()
+        self._db_thread.shutdown(wait=True)
+        self._slots_thread.shutdown(wait=True)

@@ -1,0 +1,91 @@
+"""The send policy: Meta's rules on what may be sent to whom, and when. Pure, no I/O.
+
+Sources (whatsapp-cloud-api.md): the 24-hour customer-service window (free-form only
+inside it; a free-form send outside is accepted and then fails with 131047), the pair rate
+(131056: back off 4^x seconds), the messaging limit (unique users reached outside a window
+in a moving 24 hours), the per-user marketing limit (131049: not again within 24 hours).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+WINDOW = timedelta(hours=24)
+MAX_TRANSIENT_ATTEMPTS = 5
+"""A message that failed transiently this many times fails for good."""
+MAX_PAIR_RETRIES = 6
+"""4^6 s is over an hour: a recipient still limited by then is failed."""
+
+
+class Choice(StrEnum):
+    TEMPLATE = "template"
+    TEXT = "text"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Decision:
+    choice: Choice
+    reason: str = ""
+    business_initiated: bool = False
+    """Reaches the user outside an open window: counts against the messaging limit."""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """What the policy needs to know about one recipient."""
+
+    suppressed: bool
+    last_inbound_at: datetime | None
+    ever_messaged: bool
+    """Whether the business has sent this number anything before (first contact is a template)."""
+    marketing_limited_until: datetime | None = None
+
+
+def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:
+    """The customer-service window: 24 hours from the user's last message."""
+    return last_inbound_at is not None and now - last_inbound_at < WINDOW
+
+
+def choose_message(
+    recipient: Recipient, *, has_template: bool, has_text: bool, marketing: bool, now: datetime
+) -> Decision:
+    """Template or free-form for one recipient, or why nothing may be sent."""
+    if recipient.suppressed:
+        return Decision(Choice.SKIP, "the number is on the suppression list")
+    is_open = window_open(recipient.last_inbound_at, now)
+    if has_text and is_open and recipient.ever_messaged:
+        return Decision(Choice.TEXT)
+    if not has_template:
+        return Decision(Choice.SKIP, "the 24-hour window is closed and the campaign has no template")
+    if marketing and recipient.marketing_limited_until is not None and now < recipient.marketing_limited_until:
+        return Decision(Choice.SKIP, "Meta's per-user marketing limit (131049) is still in force")
+    return Decision(Choice.TEMPLATE, business_initiated=not is_open)
+
+
+def pair_due(last_sent_at: datetime | None, interval: float, now: datetime) -> datetime:
+    """The earliest time another message may go to this recipient."""
+    if last_sent_at is None:
+        return now
+    return max(now, last_sent_at + timedelta(seconds=interval))
+
+
+def pair_backoff(pair_hits: int) -> float:
+    """Seconds to wait after the n-th 131056 for one recipient: 1, 4, 16, 64, ..."""
+    return float(4 ** max(pair_hits - 1, 0))
+
+
+def transient_backoff(attempt: int, rng: random.Random | None = None, *, base: float = 2.0, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter for the n-th failed attempt (n >= 1)."""
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+def budget_left(limit: int | None, reached_in_window: int) -> int | None:
+    """How many more distinct users may be reached outside a window now; `None` = unlimited."""
+    if limit is None:
+        return None
+    return max(limit - reached_in_window, 0)

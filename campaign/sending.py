@@ -1,0 +1,150 @@
+"""Sending campaigns from Python: launch (with the pre-flight template check), run a worker,
+send test messages. The CLI wraps these; a script can call them directly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+
+from campaign import campaigns, phone
+from campaign.config import Settings
+from campaign.db import Database
+from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
+from campaign.exceptions import CampaignError
+import httpx
+
+from campaign.graph import GraphClient, GraphError, Template, Uncertain
+from campaign.models import Campaign, Message, MessageState, utcnow
+from campaign.payloads import MessageSpec, template_payload
+
+
+def client_factory(settings: Settings) -> Callable[[], GraphClient]:
+    token = settings.access_token
+    if not token:
+        raise CampaignError("WA_ACCESS_TOKEN is not set: sending needs a system-user access token")
+    return lambda: GraphClient(settings.api_base_url, settings.api_version, token)
+
+
+def check_template(campaign: Campaign, templates: Sequence[Template]) -> Template:
+    """The pre-flight check: the template exists, is APPROVED in the campaign's language and
+    takes as many body parameters as the campaign has `--param` columns."""
+    if not templates:
+        raise CampaignError(f"template {campaign.template_name!r} does not exist in this WhatsApp Business Account")
+    match = next((t for t in templates if t.language == campaign.template_language), None)
+    if match is None:
+        languages = ", ".join(sorted(t.language for t in templates))
+        raise CampaignError(
+            f"template {campaign.template_name!r} has no {campaign.template_language} version (it has: {languages})"
+        )
+    if match.status != "APPROVED":
+        raise CampaignError(f"template {campaign.template_name!r} [{match.language}] is {match.status}, not APPROVED")
+    wanted = len(campaign.param_columns)
+    if match.body_parameters != wanted:
+        raise CampaignError(
+            f"template {campaign.template_name!r} takes {match.body_parameters} body parameters, "
+            f"campaign {campaign.name!r} gives {wanted} (--param)"
+        )
+    return match
+
+
+def launch(db: Database, settings: Settings, name: str, *, at: datetime | None = None) -> Campaign:
+    """Start (or schedule) a campaign, after the template check when the WABA id is known."""
+    with db.read_session() as session:
+        campaign = campaigns.get(session, name)
+    category = None
+    if settings.business_account_id:
+        async def fetch() -> list[Template]:
+            async with client_factory(settings)() as client:
+                return await client.fetch_templates(settings.business_account_id or "", campaign.template_name)
+        try:
+            category = check_template(campaign, asyncio.run(fetch())).category
+        except GraphError as exc:
+            raise CampaignError(f"cannot check template {campaign.template_name!r}: {exc}") from None
+    with db.session() as session:
+        campaign = campaigns.get(session, name)
+        campaigns.launch(session, campaign, at=at)
+        if category:
+            campaign.template_category = category
+        return campaign
+
+
+def run_worker(
+    db: Database,
+    settings: Settings,
+    *,
+    campaigns_: Sequence[str] | None = None,
+    exit_when_idle: bool = False,
+    on_progress: Callable[[DispatchStats], None] | None = None,
+    stop: asyncio.Event | None = None,
+    **config: object,
+) -> DispatchStats:
+    dispatcher = Dispatcher(db, client_factory(settings), DispatchConfig.from_settings(settings, **config),
+                            on_progress=on_progress)
+    return asyncio.run(dispatcher.run(campaigns=campaigns_, exit_when_idle=exit_when_idle, stop=stop))
+
+
+@dataclass(frozen=True)
+class TestSend:
+    phone: str
+    wamid: str | None
+    error: str | None
+
+
+def send_test(db: Database, settings: Settings, name: str, numbers: Sequence[str], default_region: str | None = None) -> list[TestSend]:
+    """The campaign's template to a few numbers now, with its first recipient's values; not counted."""
+    targets = []
+    for raw in numbers:
+        n = phone.normalize(raw, default_region)
+        if isinstance(n, phone.Invalid):
+            raise CampaignError(f"--to {raw!r}: {n.detail}")
+        targets.append(n.e164)
+    with db.read_session() as session:
+        campaign = campaigns.get(session, name)
+        row = session.scalar(select(Message.params).where(Message.campaign_id == campaign.id).order_by(Message.id).limit(1))
+    if campaign.param_columns and row is None:
+        raise CampaignError(f"campaign {name!r} has no recipients yet: import some first (their values fill the template)")
+    sender = campaign.phone_number_id or settings.phone_number_id
+    if not sender:
+        raise CampaignError("no sender: set WA_PHONE_NUMBER_ID or create the campaign with --phone-number-id")
+    spec = MessageSpec(campaign.template_name, campaign.template_language, tuple(campaign.param_columns),
+                       None, campaign.header_type, campaign.header_link)
+
+    async def send() -> list[TestSend]:
+        results = []
+        async with client_factory(settings)() as client:
+            for target in targets:
+                try:
+                    accepted = await client.send_message(sender, template_payload(spec, target, row or {}, "test"))
+                    results.append(TestSend(target, accepted.wamid, None))
+                except (GraphError, Uncertain, httpx.HTTPError) as exc:  # each number reports its own outcome
+                    results.append(TestSend(target, None, str(exc)))
+        return results
+
+    return asyncio.run(send())
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A campaign's figures for `status`: counts, the recent send rate, the time left."""
+
+    counts: campaigns.Counts
+    rate: float
+    eta_seconds: float | None
+
+
+def progress(db: Database, campaign_id: int, *, now: datetime | None = None, window: float = 60.0) -> Progress:
+    now = now or utcnow()
+    with db.read_session() as session:
+        counts = campaigns.counts(session, [campaign_id])[campaign_id]
+        recent = session.scalar(
+            select(func.count()).where(Message.campaign_id == campaign_id, Message.sent_at >= now - timedelta(seconds=window))
+        ) or 0
+    rate = recent / window
+    left = counts.by_state[MessageState.QUEUED] + counts.by_state[MessageState.SENDING]
+    eta = left / rate if rate > 0 else None
+    return Progress(counts, rate, eta)
+
