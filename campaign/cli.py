@@ -484,3 +484,36 @@ def test_send(app: AppContext, name: str, numbers: tuple[str, ...], default_regi
         click.echo(f"{result.phone}: " + (f"accepted {result.wamid}" if result.wamid else f"failed: {result.error}"))
     if any(r.error for r in results):
         sys.exit(1)
+
+
+# -- sandbox -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8555, show_default=True, type=int)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="JSON or TOML sandbox settings.")
+@click.option("--webhook-url", help="Where to POST signed status and inbound webhooks.")
+@click.option("--mps", type=int, help="Throughput per sender number before 130429 (default 80).")
+@click.option("--pair-interval", type=float, help="Seconds between two messages to one user before 131056 (default 6).")
+@click.option("--latency-ms", help='Answer delay, e.g. "150-250" or "0" (default 150-250).')
+@click.option("--transient-rate", type=float, help="Share of sends failing with 500/131000 or 503/2 (default 0).")
+@click.option("--seed", type=int, help="Make latency, faults and webhook fates repeatable.")
+@handle_errors
+def sandbox(host: str, port: int, config_file: str | None, webhook_url: str | None, mps: int | None,
+            pair_interval: float | None, latency_ms: str | None, transient_rate: float | None, seed: int | None) -> None:
+    """A local emulator of the WhatsApp Cloud API and its webhooks (point WA_API_BASE_URL at it)."""
+    from campaign.sandbox.config import SandboxConfig, parse_latency
+    from campaign.sandbox.server import serve
+
+    try:
+        config = SandboxConfig.from_options(
+            config_file, webhook_url=webhook_url, mps=mps, pair_interval=pair_interval,
+            latency_ms=parse_latency(latency_ms) if latency_ms is not None else None,
+            transient_rate=transient_rate, seed=seed,
+        )
+    except (ValueError, TypeError, OSError) as exc:
+        raise CampaignError(f"sandbox settings: {exc}") from None
+    logging.getLogger("campaign.sandbox").setLevel(logging.INFO)
+    click.echo(f"sandbox: set WA_API_BASE_URL=http://{host}:{port} (Ctrl-C stops it)", err=True)
+    serve(config, host, port)

@@ -1,0 +1,95 @@
+"""Dispatch benchmark: a campaign sent to the sandbox (its own process) at a given cap.
+
+    python benchmarks/dispatch.py                                   # 20,000 at 80 MPS, 150-250 ms
+    python benchmarks/dispatch.py --messages 60000 --mps 1000 --latency 50-100
+    python benchmarks/dispatch.py --messages 60000 --mps 1000 --latency 50-100 --workers 3 \\
+        --database postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+Prints the sustained rate (accepted / time between the first and last accepted arrival, as
+the sandbox counts them), the largest number of arrivals in any sliding second, throttling
+errors, duplicates, and the CPU the workers used. Workers run as `campaign worker` processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from dispatch_helpers import SENDER, TOKEN, free_port, phones, seed  # noqa: E402
+
+from campaign.db import Database  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--mps", type=int, default=80)
+    parser.add_argument("--latency", default="150-250")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--database", help="SQLAlchemy URL (default: a fresh SQLite file)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        url = args.database or f"sqlite:///{folder}/bench.db"
+        if url.startswith("postgresql"):
+            engine = create_engine(url, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            engine.dispose()
+            Database.open(url, migrate=False).upgrade()
+        db = Database.open(url)
+        seed(db, "bench", phones(args.messages), running=True)
+        db.close()
+
+        port = free_port()
+        low, _, high = args.latency.partition("-")
+        config = {"access_token": TOKEN, "phone_number_id": SENDER, "mps": args.mps, "pair_interval": 6,
+                  "latency_ms": [float(low), float(high or low)]}
+        Path(folder, "sandbox.json").write_text(json.dumps(config))
+        sandbox = subprocess.Popen([sys.executable, "-m", "campaign.sandbox", "--port", str(port),
+                                    "--config", f"{folder}/sandbox.json"])
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                httpx.get(f"{base}/_sandbox/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        env = {**os.environ, "CAMPAIGN_DATABASE_URL": url, "WA_API_BASE_URL": base, "WA_ACCESS_TOKEN": TOKEN,
+               "WA_PHONE_NUMBER_ID": SENDER, "CAMPAIGN_MPS": str(args.mps)}
+        try:
+            start = time.perf_counter()
+            workers = [subprocess.Popen([sys.executable, "-m", "campaign", "worker", "--exit-when-idle"], env=env)
+                       for _ in range(args.workers)]
+            for worker in workers:
+                worker.wait()
+            wall = time.perf_counter() - start
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            figures = httpx.get(f"{base}/_sandbox/figures", params={"phone_number_id": SENDER}).json()
+        finally:
+            sandbox.terminate()
+            sandbox.wait()
+    cpu = usage.ru_utime + usage.ru_stime
+    print(f"{args.messages:,} messages, cap {args.mps} MPS, latency {args.latency} ms, "
+          f"{args.workers} worker(s) on {url.split(':')[0]}")
+    print(f"sustained rate: {figures['accepted_per_second']:.1f} MPS ({figures['accepted_per_second'] / args.mps:.1%} of the cap)")
+    print(f"largest count in any sliding second: {figures['max_in_any_second']} (accepted {figures['max_accepted_in_any_second']})")
+    print(f"accepted {figures['accepted']}, throttled (130429) {figures['throttled']}, pair-limit hits {figures['pair_limit_hits']}, "
+          f"duplicates {figures['duplicate_sends']}")
+    print(f"wall {wall:.1f} s; worker CPU {cpu:.1f} s in all ({cpu / wall:.2f} cores), "
+          f"{cpu / max(figures['accepted'], 1) * 1e3:.2f} ms CPU per message")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+"""The live emulator: Meta's behaviour for each request, its state, its ledger and its webhooks.
+
+The HTTP layer (``app``) only moves bytes; every decision is made here, synchronously and inside
+the one event loop, so a request is decided atomically at its arrival time (the same time the
+ledger records and the throughput window counts).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import random
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from campaign.sandbox import meta_errors
+from campaign.sandbox.config import SandboxConfig, digits
+from campaign.sandbox.ledger import Ledger, LedgerEntry
+from campaign.sandbox.meta_errors import MetaError
+from campaign.sandbox.recipients import Profile, canonical_wa_id, is_us_number, profile_of
+from campaign.sandbox.rules import (PairSpacing, SendRequest, ServiceWindows, ThroughputWindow, summarize,
+                                    validate_send)
+from campaign.sandbox.templates import TemplateRegistry
+from campaign.sandbox.webhooks import (Conversation, WebhookSender, inbound_value, plan_statuses, status_object,
+                                       user_preferences_value)
+
+logger = logging.getLogger("campaign.sandbox")
+
+_DEBUG = logging.DEBUG
+
+
+@dataclass(slots=True)
+class Reply:
+    """An HTTP answer: status, JSON body, extra headers."""
+
+    status: int
+    body: Any  # JSON-able data, or bytes already encoded
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encoded(self) -> bytes:
+        """The body as compact JSON bytes."""
+        if isinstance(self.body, bytes):
+            return self.body
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _accepted_body(to: str, wa_id: str, wamid: str) -> bytes:
+    """Meta's 200 answer, formatted directly: it is the hot path's only serialization."""
+    return (b'{"messaging_product":"whatsapp","contacts":[{"input":%s,"wa_id":"%s"}],'
+            b'"messages":[{"id":"%s","message_status":"accepted"}]}'
+            % (json.dumps(to, ensure_ascii=False).encode("utf-8"), wa_id.encode(), wamid.encode()))
+
+
+class ControlError(ValueError):
+    """A bad request to a ``/_sandbox`` control endpoint."""
+
+
+def _error_reply(error: MetaError) -> Reply:
+    headers = {}
+    if error.http_status == 401:
+        headers["WWW-Authenticate"] = f'OAuth "Facebook Platform" "invalid_token" "{error.message}"'
+    return Reply(error.http_status, error.body(), headers)
+
+
+class Sandbox:
+    """Meta as the engine sees it: the Graph endpoints' decisions, plus the controls tests use."""
+
+    def __init__(self, config: SandboxConfig, *, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._clock = clock
+        self._wall = wall_clock
+        self.ledger = Ledger()
+        self.registry = TemplateRegistry(config.templates)
+        self.webhooks = WebhookSender(config, clock)
+        self.windows = ServiceWindows()
+        self._throughput = ThroughputWindow()
+        self._pairs = PairSpacing()
+        self._opted_out: set[str] = set()  # users who stopped marketing at runtime
+        self._conversations: dict[tuple[str, str, str], Conversation] = {}
+        self._rng = random.Random(config.seed)
+        self._id_salt = secrets.token_hex(4)
+        self._ids = itertools.count(1)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start webhook delivery (the app's lifespan calls this inside the serving loop)."""
+        await self.webhooks.start()
+
+    async def stop(self) -> None:
+        """Stop webhook delivery."""
+        await self.webhooks.stop()
+
+    # --- Graph API ------------------------------------------------------------------------------
+
+    def authorized(self, authorization: str | None, query_token: str | None = None) -> bool:
+        """Bearer token check; with no token configured any token is accepted, but one is required."""
+        token = None
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                token = value.strip()
+        if token is None and query_token:
+            token = query_token
+        if token is None:
+            return False
+        expected = self.config.access_token
+        return expected is None or hmac.compare_digest(token.encode(), expected.encode())
+
+    def send(self, phone_number_id: str, raw_body: bytes, authorization: str | None,
+             query_token: str | None = None) -> Reply:
+        """``POST /{version}/{phone-number-id}/messages``, decided at arrival."""
+        now, wall = self._clock(), self._wall()
+        entry = self.ledger.new_entry(now, wall, phone_number_id)
+        payload: Any = None
+        parse_error = None
+        try:
+            payload = json.loads(raw_body) if raw_body else None
+        except (ValueError, UnicodeDecodeError) as exc:
+            parse_error = f"The request body is not valid JSON: {exc}"
+        summary = summarize(payload)
+        entry.to, entry.type = summary.to, summary.type
+        entry.template_name, entry.template_language = summary.template_name, summary.template_language
+        entry.callback_data = summary.callback_data
+        if not self.authorized(authorization, query_token):
+            return self._refuse(entry, meta_errors.invalid_token())
+        if parse_error is not None:
+            return self._refuse(entry, meta_errors.invalid_parameter(parse_error))
+        checked = validate_send(payload, self.registry, self.config.rewrite_wa_ids)
+        if isinstance(checked, MetaError):
+            return self._refuse(entry, checked)
+        request = checked
+        entry.wa_id = request.wa_id
+        entry.content_key = request.content_key
+        config = self.config
+        rng = self._rng
+        if config.transient_rate > 0 and rng.random() < config.transient_rate:
+            fault = (meta_errors.service_unavailable() if rng.random() < config.transient_503_share
+                     else meta_errors.internal_error())
+            if (config.transient_sent_fraction > 0 and rng.random() < config.transient_sent_fraction
+                    and self._within_limits(phone_number_id, request, now)):
+                self._dispatch(entry, request, phone_number_id, now, wall)
+                entry.sent_anyway = True
+            return self._refuse(entry, fault)
+        if not self._throughput.admits(phone_number_id, now, config.mps):
+            return self._refuse(entry, meta_errors.throughput_exceeded())
+        if not self._pairs.admits(phone_number_id, request.wa_id, now, config.pair_interval, config.pair_burst):
+            return self._refuse(entry, meta_errors.pair_rate_limited())
+        wamid = self._dispatch(entry, request, phone_number_id, now, wall)
+        self.ledger.mark_accepted(entry)
+        if logger.isEnabledFor(_DEBUG):
+            logger.debug("POST /%s/messages to=%s type=%s template=%s -> 200 %s", phone_number_id, request.to,
+                         request.type, entry.template_name, wamid)
+        return Reply(200, _accepted_body(request.to, request.wa_id, wamid))
+
+    def check_contacts(self, phone_number_id: str, raw_body: bytes, authorization: str | None,
+                       query_token: str | None = None) -> Reply:
+        """``POST /{version}/{phone-number-id}/contacts``: valid unless scripted as not on WhatsApp."""
+        self.ledger.count_other("contacts")
+        if not self.authorized(authorization, query_token):
+            return self._log_refusal("contacts", meta_errors.invalid_token())
+        try:
+            payload = json.loads(raw_body) if raw_body else None
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        contacts = payload.get("contacts") if isinstance(payload, dict) else None
+        if not isinstance(contacts, list) or not all(isinstance(c, str) for c in contacts):
+            return self._log_refusal("contacts", meta_errors.invalid_parameter(
+                "The parameter contacts is required and must be an array of strings."))
+        if payload.get("blocking", "wait") not in ("wait", "no_wait"):
+            return self._log_refusal("contacts", meta_errors.invalid_parameter(
+                'Param blocking must be one of {WAIT, NO_WAIT}.'))
+        results = []
+        for number in contacts:
+            wa_id = canonical_wa_id(number, self.config.rewrite_wa_ids)
+            if profile_of(wa_id, self.config, self._opted_out, digits(number)) is Profile.NOT_ON_WHATSAPP:
+                results.append({"input": number, "status": "invalid"})
+            else:
+                results.append({"input": number, "status": "valid", "wa_id": wa_id})
+        logger.debug("POST /%s/contacts %d numbers -> 200", phone_number_id, len(contacts))
+        return Reply(200, {"contacts": results})
+
+    def list_templates(self, waba_id: str, query: dict[str, str], authorization: str | None) -> Reply:
+        """``GET /{version}/{waba-id}/message_templates`` from the registry, with Meta's paging."""
+        self.ledger.count_other("message_templates")
+        if not self.authorized(authorization, query.get("access_token")):
+            return self._log_refusal("message_templates", meta_errors.invalid_token())
+        if waba_id != self.config.waba_id:
+            return self._log_refusal("message_templates", meta_errors.unknown_object(waba_id))
+        fields = query.get("fields")
+        wanted = [f for f in fields.split(",")] if fields else None
+        found = self.registry.search(name=query.get("name"), status=query.get("status"),
+                                     language=query.get("language"), category=query.get("category"))
+        try:
+            limit = max(1, min(int(query.get("limit", "25")), 1000))
+            start = int(base64.urlsafe_b64decode(query["after"]).decode()) + 1 if query.get("after") else 0
+        except ValueError:
+            return self._log_refusal("message_templates", meta_errors.invalid_parameter("Invalid paging parameter."))
+        page = found[start:start + limit]
+        paging: dict[str, Any] = {}
+        if page:
+            cursor = lambda i: base64.urlsafe_b64encode(str(i).encode()).decode()  # noqa: E731
+            paging["cursors"] = {"before": cursor(start), "after": cursor(start + len(page) - 1)}
+            if start + len(page) < len(found):
+                paging["next"] = (f"/{waba_id}/message_templates?limit={limit}&after={cursor(start + len(page) - 1)}"
+                                  + (f"&name={query['name']}" if query.get("name") else ""))
+        logger.debug("GET /%s/message_templates name=%s -> %d", waba_id, query.get("name"), len(page))
+        return Reply(200, {"data": [t.graph_json(wanted) for t in page], "paging": paging})
+
+    def latency(self) -> float:
+        """Seconds to wait before answering, drawn uniformly from ``latency_ms``."""
+        low, high = self.config.latency_ms
+        if high <= 0:
+            return 0.0
+        return (self._rng.uniform(low, high) if high > low else low) / 1000.0
+
+    # --- controls -----------------------------------------------------------------------------
+
+    def inbound(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A user writes to the business: open their window and post the inbound-message webhook.
+
+        ``{"from": "+...", "text": "STOP"}``, or ``"button": {"payload", "text"}`` (a template's
+        quick reply), or ``"interactive": {...}``; optional ``name``, ``phone_number_id``,
+        ``context`` (the wamid replied to) and ``timestamp`` (unix seconds).
+        """
+        sender = data.get("from")
+        if not isinstance(sender, str) or not digits(sender):
+            raise ControlError("'from' must be a phone number")
+        wa_id = canonical_wa_id(sender, self.config.rewrite_wa_ids)
+        wall = float(data.get("timestamp", self._wall()))
+        message: dict[str, Any] = {"from": wa_id, "id": self._new_wamid(wa_id), "timestamp": str(int(wall))}
+        if isinstance(data.get("context"), str):
+            message["context"] = {"from": self.config.display_phone_number, "id": data["context"]}
+        if isinstance(data.get("button"), dict):
+            button = data["button"]
+            message["type"] = "button"
+            message["button"] = {"payload": str(button.get("payload", "")),
+                                 "text": str(button.get("text", button.get("payload", "")))}
+        elif isinstance(data.get("interactive"), dict):
+            message["type"] = "interactive"
+            message["interactive"] = data["interactive"]
+        elif isinstance(data.get("text"), str):
+            message["type"] = "text"
+            message["text"] = {"body": data["text"]}
+        else:
+            raise ControlError("give 'text', 'button' or 'interactive'")
+        phone_number_id = data.get("phone_number_id")
+        self.windows.open(wa_id, wall, phone_number_id)
+        if self.config.webhook_url:
+            self.webhooks.schedule_value(self._clock(), phone_number_id or self.config.phone_number_id,
+                                         inbound_value(wa_id, str(data.get("name", "Sandbox User")), message))
+        logger.debug("inbound %s from %s", message["type"], wa_id)
+        return {"id": message["id"], "wa_id": wa_id, "window_open_until": int(wall + self.config.window_seconds)}
+
+    def set_window(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Open (``{"to", "open": true, "age_seconds"?: s}``) or close a user's window without a webhook."""
+        number = data.get("to", data.get("from", data.get("wa_id")))
+        if not isinstance(number, str) or not digits(number):
+            raise ControlError("'to' must be a phone number")
+        wa_id = canonical_wa_id(number, self.config.rewrite_wa_ids)
+        phone_number_id = data.get("phone_number_id")
+        if data.get("open", True):
+            at = float(data["at"]) if "at" in data else self._wall() - float(data.get("age_seconds", 0))
+            self.open_window(wa_id, at, phone_number_id)
+        else:
+            self.windows.close(wa_id, phone_number_id)
+        last = self.windows.last_inbound(wa_id, phone_number_id)
+        is_open = last is not None and self._wall() - last < self.config.window_seconds
+        return {"wa_id": wa_id, "open": is_open, "last_inbound": last}
+
+    def open_window(self, number: str, at: float | None = None, phone_number_id: str | None = None) -> None:
+        """Record an inbound message from ``number`` at wall time ``at`` (now by default), silently."""
+        wa_id = canonical_wa_id(number, self.config.rewrite_wa_ids)
+        self.windows.open(wa_id, self._wall() if at is None else at, phone_number_id)
+
+    def marketing_preference(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The user stops (``"value": "stop"``) or resumes marketing messages; posts ``user_preferences``."""
+        number, value = data.get("from"), data.get("value", "stop")
+        if not isinstance(number, str) or not digits(number) or value not in ("stop", "resume"):
+            raise ControlError("give 'from' (a phone number) and 'value' ('stop' or 'resume')")
+        wa_id = canonical_wa_id(number, self.config.rewrite_wa_ids)
+        if value == "stop":
+            self._opted_out.add(wa_id)
+        else:
+            self._opted_out.discard(wa_id)
+        if self.config.webhook_url:
+            phone_number_id = data.get("phone_number_id") or self.config.phone_number_id
+            self.webhooks.schedule_value(self._clock(), phone_number_id,
+                                         user_preferences_value(wa_id, str(data.get("name", "Sandbox User")),
+                                                                value, int(self._wall())),
+                                         field_name="user_preferences")
+        return {"wa_id": wa_id, "value": value}
+
+    def reset(self) -> None:
+        """Clear the ledger and all state (limits, windows, opt-outs, scheduled webhooks); keep config."""
+        self.ledger.clear()
+        self.webhooks.clear()
+        self.windows = ServiceWindows()
+        self._throughput = ThroughputWindow()
+        self._pairs = PairSpacing()
+        self._opted_out.clear()
+        self._conversations.clear()
+        self._rng = random.Random(self.config.seed)
+
+    def patch_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change settings at runtime (faults mid-run); returns the public config."""
+        self.config.patch(changes)
+        if "templates" in changes or "add_templates" in changes:
+            self.registry = TemplateRegistry(self.config.templates)
+        if "seed" in changes:
+            self._rng = random.Random(self.config.seed)
+        return self.config.public_dict()
+
+    def webhook_stats(self) -> dict[str, Any]:
+        """Webhook delivery state, for ``GET /_sandbox/webhooks``."""
+        return {"pending": self.webhooks.pending, "in_flight": self.webhooks.in_flight,
+                "idle": self.webhooks.idle(), **self.webhooks.stats.as_dict()}
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _refuse(self, entry: LedgerEntry, error: MetaError) -> Reply:
+        entry.http_status = error.http_status
+        entry.error_code = error.code
+        if logger.isEnabledFor(_DEBUG):
+            logger.debug("POST /%s/messages to=%s type=%s template=%s -> %d code %d", entry.phone_number_id,
+                         entry.to, entry.type, entry.template_name, error.http_status, error.code)
+        return _error_reply(error)
+
+    def _log_refusal(self, endpoint: str, error: MetaError) -> Reply:
+        logger.debug("%s -> %d code %d", endpoint, error.http_status, error.code)
+        return _error_reply(error)
+
+    def _within_limits(self, phone_number_id: str, request: SendRequest, now: float) -> bool:
+        config = self.config
+        return (self._throughput.admits(phone_number_id, now, config.mps)
+                and self._pairs.admits(phone_number_id, request.wa_id, now, config.pair_interval, config.pair_burst))
+
+    def _new_wamid(self, wa_id: str) -> str:
+        # Real wamids are base64 of a protobuf-ish blob holding the number and a message id.
+        raw = f"{wa_id}\x15\x02\x00\x11\x18\x12{self._id_salt}{next(self._ids):012X}".encode()
+        return "wamid.HBgL" + base64.b64encode(raw).decode().rstrip("=")
+
+    def _dispatch(self, entry: LedgerEntry, request: SendRequest, phone_number_id: str, now: float,
+                  wall: float) -> str:
+        """The message leaves: count it against the limits, decide its fate, schedule its webhooks."""
+        config = self.config
+        self._throughput.record(phone_number_id, now)
+        self._pairs.record(phone_number_id, request.wa_id, now, config.pair_interval)
+        wamid = self._new_wamid(request.wa_id)
+        entry.wamid = wamid
+        in_window = self.windows.is_open(request.wa_id, phone_number_id, wall, config.window_seconds)
+        if request.free_form:
+            entry.window_open = in_window
+        failure = self._failure_for(request, in_window, phone_number_id)
+        entry.failure_code = failure.code if failure is not None else None
+        if not config.webhook_url:
+            entry.fate = "failed" if failure is not None else None
+            return wamid
+        plan = plan_statuses(config, self._rng, failed=failure is not None)
+        entry.fate = max(plan, key=lambda p: p.happened_after).status
+        category = request.category
+        conversation = None if failure is not None else self._conversation(phone_number_id, request.wa_id,
+                                                                           category, wall)
+        # Per-message pricing (July 2025): service messages and utility templates inside an open
+        # window are free; everything else is billed at the template's category.
+        free = category == "service" or (category == "utility" and in_window)
+        for planned in plan:
+            status = status_object(wamid, planned.status, int(wall + planned.happened_after), request.wa_id,
+                                   callback_data=request.callback_data, conversation=conversation,
+                                   category=category, billable=not free,
+                                   pricing_type="free_customer_service" if free else "regular",
+                                   error=failure)
+            self.webhooks.schedule_status(now + planned.posted_after, phone_number_id, status)
+        return wamid
+
+    def _failure_for(self, request: SendRequest, in_window: bool, phone_number_id: str) -> MetaError | None:
+        """Meta's silent failures: accepted with 200, then a ``failed`` status."""
+        profile = profile_of(request.wa_id, self.config, self._opted_out, digits(request.to))
+        if profile is Profile.NOT_ON_WHATSAPP:
+            return meta_errors.undeliverable()
+        if request.free_form and not in_window:
+            return meta_errors.reengagement_required()
+        if request.category == "marketing":
+            if profile is Profile.MARKETING_OPTED_OUT:
+                return meta_errors.marketing_opted_out()
+            if profile is Profile.MARKETING_LIMITED or (self.config.block_us_marketing
+                                                        and is_us_number(request.wa_id)):
+                return meta_errors.marketing_limited()
+        return None
+
+    def _conversation(self, phone_number_id: str, wa_id: str, category: str, wall: float) -> Conversation:
+        key = (phone_number_id, wa_id, category)
+        current = self._conversations.get(key)
+        if current is None or current.expiration_timestamp <= wall:
+            conversation_id = hashlib.md5(f"{key}{wall}{self._id_salt}".encode()).hexdigest()
+            current = Conversation(conversation_id, int(wall + 24 * 3600), category)
+            self._conversations[key] = current
+        return current
