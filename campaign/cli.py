@@ -517,3 +517,34 @@ def sandbox(host: str, port: int, config_file: str | None, webhook_url: str | No
     logging.getLogger("campaign.sandbox").setLevel(logging.INFO)
     click.echo(f"sandbox: set WA_API_BASE_URL=http://{host}:{port} (Ctrl-C stops it)", err=True)
     serve(config, host, port)
+
+
+# -- webhooks ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@pass_app
+@handle_errors
+def webhooks(app: AppContext, host: str, port: int) -> None:
+    """The webhook receiver (/webhook) and the reconciler that applies what it stores."""
+    from campaign.webhooks import serve
+
+    serve(app.settings, host, port)  # uvicorn says where it listens; Meta needs it behind HTTPS
+
+
+@main.command()
+@click.option("--replay", is_flag=True, help="Rebuild message states from every stored event.")
+@pass_app
+@handle_errors
+def reconcile(app: AppContext, replay: bool) -> None:
+    """Apply stored webhook events once."""
+    from campaign import reconcile as reconciler
+
+    database = app.database()
+    stats = reconciler.replay(database) if replay else reconciler.reconcile_once(database)
+    click.echo(
+        f"events {stats.events}, statuses applied {stats.statuses_applied}, inbound {stats.inbound}, "
+        f"waiting for their message {stats.pending}, orphaned {stats.orphaned}, malformed {stats.errors}"
+    )
