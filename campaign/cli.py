@@ -32,7 +32,6 @@ from campaign.db import Database
 from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from campaign.exceptions import CampaignError
 from campaign.graph import GraphClient
-from campaign.importer import ImportOptions, import_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 stderr = Console(stderr=True, highlight=False)
@@ -180,6 +179,8 @@ def import_(
     as_json: bool,
 ) -> None:
     """Add FILE's rows to campaign NAME as recipients."""
+    from campaign.importer import ImportOptions, import_file  # pandas: loaded only for imports
+
     database = app.database()
     options = ImportOptions(phone_column, default_region, check_contacts, rejects_path)
     endpoint = _contacts_endpoint(app.settings, database, name) if check_contacts else None

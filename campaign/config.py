@@ -32,6 +32,12 @@ class Settings:
     mps: int = 80
     pair_interval: float = 6.0
     daily_unique_limit: int | None = None
+    redis_url: str | None = None
+    """Where workers share the send cap's guard, when set (else the database does)."""
+    lease: float = 30.0
+    """Seconds a worker holds claimed messages; a dead worker's claims return after it."""
+    send_grace: float = 600.0
+    """Seconds an in-doubt message waits for a status webhook before it may be sent again."""
 
     def secrets(self) -> list[str]:
         return [s for s in (self.access_token, self.app_secret, self.verify_token) if s]
@@ -54,7 +60,11 @@ _VARIABLES: dict[str, tuple[str, type]] = {
     "CAMPAIGN_MPS": ("mps", int),
     "CAMPAIGN_PAIR_INTERVAL": ("pair_interval", float),
     "CAMPAIGN_DAILY_UNIQUE_LIMIT": ("daily_unique_limit", int),
+    "CAMPAIGN_REDIS_URL": ("redis_url", str),
+    "CAMPAIGN_LEASE": ("lease", float),
+    "CAMPAIGN_SEND_GRACE": ("send_grace", float),
 }
+_ZERO_ALLOWED = {"pair_interval", "send_grace"}
 assert {name for name, _ in _VARIABLES.values()} <= {f.name for f in fields(Settings)}
 
 
@@ -75,8 +85,8 @@ def load_settings(
             value = parse(raw.strip())
         except ValueError:
             raise CampaignError(f"{variable}={raw!r} is not a valid {parse.__name__}") from None
-        if parse in (int, float) and value <= 0:
-            raise CampaignError(f"{variable} must be greater than 0, not {raw}")
+        if parse in (int, float) and (value < 0 or (value == 0 and name not in _ZERO_ALLOWED)):
+            raise CampaignError(f"{variable} must be {'at least' if name in _ZERO_ALLOWED else 'greater than'} 0, not {raw}")
         kwargs[name] = value
     return Settings(**kwargs)  # type: ignore[arg-type]
 

@@ -29,13 +29,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import httpx
-from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate
 from sqlalchemy import update
 
 from campaign import errors, payloads, policy, statuses, suppressions
 from campaign.config import Settings
 from campaign.db import Database
 from campaign.exceptions import CampaignError
+from campaign.limits import LocalGuard, guard_for
 from campaign.graph import NOT_SENT, Accepted, GraphClient, GraphError, Uncertain
 from campaign.models import Contact, SuppressionSource
 from campaign.outbox import GRACE, Claimed, Outbox, Results, RunningCampaign
@@ -48,6 +48,10 @@ PACE = 0.98
 and Meta counts inbound messages against the same throughput."""
 SLOT_BLOCK_SECONDS = 0.2
 SLOT_LEAD = 0.05
+LATE_TOLERANCE = 1 - PACE
+"""A worker more than this many seconds late for its slots gives them up and reserves new
+ones. Late sends spill at most cap x tolerance messages into the next second, which the
+pacing's headroom (cap x (1 - PACE) a second) absorbs: hence the same number."""
 MIN_GAP_FACTOR = 0.9
 """Catching up after a stall, two sends of one worker are at least 0.9/cap apart; the
 limiter's exact sliding window then holds the cap. (A gap of a full 1/cap would turn
@@ -71,11 +75,15 @@ class DispatchConfig:
     recover_every: float = 5.0
     retry_base: float = 2.0
     """Seconds before the first retry of a transient error; it doubles with each attempt."""
+    shared_guard: bool = True
+    """Whether the cap's hard guard is shared with other workers (see `campaign.limits`)."""
+    redis_url: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> DispatchConfig:
-        return cls(mps=settings.mps, pair_interval=settings.pair_interval,
-                   daily_unique_limit=settings.daily_unique_limit, default_sender=settings.phone_number_id, **overrides)
+        return cls(mps=settings.mps, pair_interval=settings.pair_interval, redis_url=settings.redis_url,
+                   daily_unique_limit=settings.daily_unique_limit, default_sender=settings.phone_number_id,
+                   lease=timedelta(seconds=settings.lease), grace=timedelta(seconds=settings.send_grace), **overrides)
 
 
 @dataclass
@@ -96,7 +104,7 @@ class DispatchStats:
         return self.sent / elapsed if elapsed > 0 else 0.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Block:
     """Messages marked in flight, with the slots reserved for them."""
 
@@ -137,7 +145,11 @@ class Dispatcher:
         self._campaigns: dict[int, RunningCampaign] = {}
         self._queues: dict[str, deque[Claimed]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
-        self._limiters: dict[str, Limiter] = {}
+        self._local_guard = LocalGuard(config.mps)
+        """Per send, in this process: no catch-up after a stall passes the cap."""
+        self._shared_guard = guard_for(db.engine.url.render_as_string(hide_password=False), config.mps,
+                                       shared=config.shared_guard, redis_url=config.redis_url)
+        """Per block of slots, across every worker of the database."""
         self._clients: list[GraphClient] = []
         self._next_client = 0
         self._results = Results()
@@ -247,7 +259,6 @@ class Dispatcher:
         """Send this sender's queue at its reserved slots; the next block is prepared (slots
         reserved, messages marked in flight) while the current one goes out, so the slots of
         consecutive blocks join without a gap."""
-        limiter = self._limiter(sender)
         last_due = last_send = 0.0
         upcoming: asyncio.Task[_Block | None] | None = None
         try:
@@ -257,14 +268,23 @@ class Dispatcher:
                 if block is None:
                     await asyncio.sleep(0.02)
                     continue
+                base = 0
                 for position, message in enumerate(block.messages):
                     # Never earlier than the slot, and never closer than 1/rate to this
                     # worker's previous slot: a late block is not caught up in a burst. (The
                     # schedule, not the clock after each sleep, sets the spacing: asyncio's
                     # ~1 ms oversleep would otherwise add up to a tenth of the rate.)
                     # After a stall (GIL, a slow DB thread) overdue sends catch up gently.
-                    due = max(block.start + position / block.rate, last_due + 1 / block.rate,
+                    due = max(block.start + (position - base) / block.rate, last_due + 1 / block.rate,
                               last_send + MIN_GAP_FACTOR / block.cap)
+                    if time.time() - (block.start + (position - base) / block.rate) > LATE_TOLERANCE:
+                        # Too late for our slots: the seconds they belonged to are other
+                        # workers' now. Reserve new ones for the rest of the block.
+                        block.start, block.rate = await self._db_now(
+                            self.outbox.reserve_slots, sender, len(block.messages) - position, block.cap * PACE,
+                            time.time() + SLOT_LEAD)
+                        base = position
+                        due = max(block.start, last_send + MIN_GAP_FACTOR / block.cap)
                     last_due = due
                     if (delay := due - time.time()) > 0:
                         await asyncio.sleep(delay)
@@ -273,7 +293,7 @@ class Dispatcher:
                         unsent = [m.id for m in block.messages[position:] if m.campaign_id not in self._campaigns]
                         await self._unmark(unsent)
                         continue
-                    await limiter.try_acquire_async(sender)
+                    await self._local_guard.acquire(sender)
                     self._marked.discard(message.id)
                     task = asyncio.create_task(self._send_one(sender, message))
                     self._in_flight.add(task)
@@ -292,12 +312,16 @@ class Dispatcher:
         block = await self._still_running(block)
         if not block:
             return None
+        await self._shared_guard.acquire(sender, len(block))
         # Slots start a little ahead, so marking the block in flight never makes them late.
         start, rate = await self._db_now(self.outbox.reserve_slots, sender, len(block), cap * PACE, time.time() + SLOT_LEAD)
         ids = [m.id for m in block]
         self._marked.update(ids)
-        await self._db_now(self.outbox.mark_in_flight, ids, utcnow())
-        return _Block(block, start, rate, cap)
+        marked = await self._db_now(self.outbox.mark_in_flight, ids, utcnow())
+        self._marked.difference_update(set(ids) - marked)
+        if len(marked) < len(ids):
+            log.warning("%d claimed messages were no longer ours (lease expired): not sent by this worker", len(ids) - len(marked))
+        return _Block([m for m in block if m.id in marked], start, rate, cap)
 
     async def _unmark(self, ids: list[int]) -> None:
         if ids:
@@ -309,12 +333,6 @@ class Dispatcher:
         if gone:
             await self._db(self.outbox.release_all, gone, utcnow())
         return [m for m in block if m.campaign_id in self._campaigns]
-
-    def _limiter(self, sender: str) -> Limiter:
-        """The hard guard: never more than the cap in any sliding second, in this process."""
-        if sender not in self._limiters:
-            self._limiters[sender] = Limiter(InMemoryBucket([Rate(int(self.config.mps), Duration.SECOND)]), buffer_ms=5)
-        return self._limiters[sender]
 
     def _client(self) -> GraphClient:
         self._next_client = (self._next_client + 1) % len(self._clients)
@@ -450,7 +468,7 @@ class Dispatcher:
             queue.clear()
         for client in self._clients:
             await client.aclose()
-        for limiter in self._limiters.values():
-            limiter.close()
+        self._local_guard.close()
+        self._shared_guard.close()
         self._db_thread.shutdown(wait=True)
         self._slots_thread.shutdown(wait=True)

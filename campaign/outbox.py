@@ -303,14 +303,20 @@ class Outbox:
 
     # -- in flight and results ---------------------------------------------------------------
 
-    def mark_in_flight(self, ids: Sequence[int], now: datetime) -> None:
-        """Committed before the requests leave: from here a message may have reached Meta."""
+    def mark_in_flight(self, ids: Sequence[int], now: datetime) -> set[int]:
+        """Committed before the requests leave: from here a message may have reached Meta.
+
+        Only messages this worker still holds are marked, and only those may be sent: a
+        lease that ran out while they waited (a slowed-down sender) may have let recovery
+        hand them to another worker."""
         with self.db.session() as session:
-            session.execute(
+            return set(session.scalars(
                 update(Message)
-                .where(Message.id.in_(list(ids)), Message.state == MessageState.SENDING)
-                .values(sending_at=now, attempts=Message.attempts + 1)
-            )
+                .where(Message.id.in_(list(ids)), Message.state == MessageState.SENDING,
+                       Message.lease_owner == self.worker_id, Message.sending_at.is_(None))
+                .values(sending_at=now, attempts=Message.attempts + 1, lease_expires_at=now + self.lease)
+                .returning(Message.id)
+            ))
 
     def record(self, results: Results) -> None:
         if not len(results):

@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -29,6 +28,8 @@ def normalize_all(raws: Iterable[str], default_region: str | None = None, *, sou
 
 def read_numbers(path: str | Path, default_region: str | None = None) -> list[str]:
     """The numbers of a file: a CSV with a phone column, or one number per line."""
+    import pandas as pd  # only for files: a worker that checks suppressions never loads it
+
     path = Path(path)
     try:
         layout = csvfile.inspect(path)

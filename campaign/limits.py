@@ -1,0 +1,102 @@
+"""The send cap's hard guard: never more than the cap in any sliding second, per sender.
+
+The dispatcher paces sends evenly from slots reserved in the database; this guard is the
+backstop behind the pacing (pyrate-limiter's exact sliding window). Two implementations:
+
+- `LocalGuard`: an in-memory bucket, for one sending process (tests, a single `launch`).
+- `SharedGuard`: a bucket every worker shares: a file-locked SQLite bucket beside a SQLite
+  database (processes on one host), a PostgreSQL bucket for a PostgreSQL database (hosts),
+  or Redis when `CAMPAIGN_REDIS_URL` is set.
+
+A shared acquisition costs a lock or a round trip (PostgresBucket manages ~1,100/s), so
+workers acquire a whole block of slots at once, weighted by its size, and in a thread:
+sync buckets stall the event loop (library-notes.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Protocol
+
+from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate, SQLiteBucket
+from sqlalchemy import make_url
+
+
+class RateGuard(Protocol):
+    async def acquire(self, sender: str, weight: int = 1) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _PerSender:
+    """One limiter per sender: pyrate's SingleBucketFactory ignores the item name."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._limiters: dict[str, Limiter] = {}
+
+    def _bucket(self, sender: str, rates: list[Rate]):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def _limiter(self, sender: str) -> Limiter:
+        if sender not in self._limiters:
+            self._limiters[sender] = Limiter(self._bucket(sender, [Rate(self.cap, Duration.SECOND)]), buffer_ms=5)
+        return self._limiters[sender]
+
+    def close(self) -> None:
+        for limiter in self._limiters.values():
+            limiter.close()
+        self._limiters.clear()
+
+
+class LocalGuard(_PerSender):
+    def _bucket(self, sender: str, rates: list[Rate]) -> InMemoryBucket:
+        return InMemoryBucket(rates)
+
+    async def acquire(self, sender: str, weight: int = 1) -> None:
+        await self._limiter(sender).try_acquire_async(sender, weight=min(weight, self.cap))
+
+
+class SharedGuard(_PerSender):
+    def __init__(self, cap: int, database_url: str, redis_url: str | None = None) -> None:
+        super().__init__(cap)
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self._pool = None
+
+    def _bucket(self, sender: str, rates: list[Rate]):  # type: ignore[no-untyped-def]
+        table = "send_cap_" + re.sub(r"\W", "_", sender)
+        if self.redis_url:
+            from pyrate_limiter import RedisBucket
+            from redis import Redis
+
+            return RedisBucket.init(rates, Redis.from_url(self.redis_url), f"campaign:{table}")
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "postgresql":
+            from psycopg_pool import ConnectionPool
+            from pyrate_limiter import PostgresBucket
+
+            if self._pool is None:
+                conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+                self._pool = ConnectionPool(conninfo, min_size=1, max_size=2, open=True)
+            return PostgresBucket(self._pool, table, rates)
+        path = Path(url.database or "campaign.db").expanduser()
+        return SQLiteBucket.init_from_file(rates, table=table, db_path=f"{path}.send-cap", use_file_lock=True)
+
+    async def acquire(self, sender: str, weight: int = 1) -> None:
+        limiter = self._limiter(sender)
+        await asyncio.to_thread(limiter.try_acquire, sender, min(weight, self.cap))
+
+    def close(self) -> None:
+        super().close()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def guard_for(database_url: str, cap: int, *, shared: bool = True, redis_url: str | None = None) -> RateGuard:
+    if not shared or make_url(database_url).database in (None, "", ":memory:"):
+        return LocalGuard(cap)
+    return SharedGuard(cap, database_url, redis_url)
