@@ -26,7 +26,7 @@ from campaign.webhooks import MAX_BODY_BYTES, create_app, signature
 SECRET = "test-app-secret"
 TOKEN = "test-verify-token"
 SETTINGS = Settings(app_secret=SECRET, verify_token=TOKEN)
-FIXTURES = Path("/work/shared/fixtures/meta-webhooks")
+FIXTURES = Path(__file__).parent / "fixtures" / "meta-webhooks"  # recorded by pywa (MIT, see LICENSE-pywa)
 SENT_AT = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 
