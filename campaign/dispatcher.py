@@ -34,7 +34,6 @@ from sqlalchemy import update
 from campaign import errors, payloads, policy, statuses, suppressions
 from campaign.config import Settings
 from campaign.db import Database
-from campaign.exceptions import CampaignError
 from campaign.limits import LocalGuard, guard_for
 from campaign.graph import NOT_SENT, Accepted, GraphClient, GraphError, Uncertain
 from campaign.models import Contact, SuppressionSource
@@ -46,6 +45,7 @@ T = TypeVar("T")
 PACE = 0.98
 """Fraction of the cap the slots are spaced at: arrivals at Meta jitter around send times,
 and Meta counts inbound messages against the same throughput."""
+GUARD_HEADROOM = 0.99
 SLOT_BLOCK_SECONDS = 0.2
 SLOT_LEAD = 0.05
 LATE_TOLERANCE = 1 - PACE
@@ -56,8 +56,10 @@ MIN_GAP_FACTOR = 0.9
 """Catching up after a stall, two sends of one worker are at least 0.9/cap apart; the
 limiter's exact sliding window then holds the cap. (A gap of a full 1/cap would turn
 asyncio's ~1 ms oversleep into a steady 7% loss.)"""
-LATENCY_BUDGET = 0.5
-"""Seconds of requests the connection pools are sized for (cap x this, 16 per client)."""
+LATENCY_BUDGET = 0.4
+"""Seconds of requests the connections are sized for: cap x this requests in flight."""
+CONNECTIONS_PER_CLIENT = 2
+MAX_CLIENTS = 64
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class DispatchStats:
         return self.sent / elapsed if elapsed > 0 else 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Block:
     """Messages marked in flight, with the slots reserved for them."""
 
@@ -124,7 +126,7 @@ class Dispatcher:
     def __init__(
         self,
         db: Database,
-        client_factory: Callable[[], GraphClient],
+        client_factory: Callable[[int], GraphClient],
         config: DispatchConfig,
         *,
         worker_id: str | None = None,
@@ -144,14 +146,19 @@ class Dispatcher:
         """The send path's own (small, quick) transactions: never queued behind a claim or a flush."""
         self._campaigns: dict[int, RunningCampaign] = {}
         self._queues: dict[str, deque[Claimed]] = {}
+        self._carry: dict[str, deque[Claimed]] = {}
+        """Marked in flight, but their block's slots were missed: first in the next block."""
         self._senders: dict[str, asyncio.Task[None]] = {}
-        self._local_guard = LocalGuard(config.mps)
-        """Per send, in this process: no catch-up after a stall passes the cap."""
+        self._local_guard = LocalGuard(max(1, math.floor(config.mps * GUARD_HEADROOM)))
+        """Per send, in this process: no catch-up after a stall passes the cap (a message
+        below it: requests leave the client a few milliseconds apart from where they were
+        admitted, and the sandbox, like Meta, counts arrivals)."""
         self._shared_guard = guard_for(db.engine.url.render_as_string(hide_password=False), config.mps,
                                        shared=config.shared_guard, redis_url=config.redis_url)
         """Per block of slots, across every worker of the database."""
         self._clients: list[GraphClient] = []
-        self._next_client = 0
+        self._busy: list[int] = []
+        """Requests in flight per client: each request goes to the least busy one."""
         self._results = Results()
         self._marked: set[int] = set()
         """Marked in flight, not yet handed to a request: returned to the queue on shutdown."""
@@ -164,7 +171,8 @@ class Dispatcher:
     async def run(self, *, campaigns: Sequence[str] | None = None, exit_when_idle: bool = False,
                   stop: asyncio.Event | None = None) -> DispatchStats:
         names = list(campaigns) if campaigns else None
-        self._clients = [self.client_factory() for _ in range(self._client_count())]
+        self._clients = [self.client_factory(CONNECTIONS_PER_CLIENT) for _ in range(self._client_count())]
+        self._busy = [0] * len(self._clients)
         last_recover = 0.0
         try:
             while not self._stop.is_set() and not (stop is not None and stop.is_set()):
@@ -194,12 +202,14 @@ class Dispatcher:
         self._wake.set()
 
     def _idle(self) -> bool:
-        return not self._in_flight and not any(self._queues.values()) and not len(self._results)
+        return (not self._in_flight and not any(self._queues.values()) and not any(self._carry.values())
+                and not self._marked and not len(self._results))
 
     def _client_count(self) -> int:
-        # httpcore's pool is quadratic past ~20 connections (library-notes.md): several
-        # clients of 16 connections each serve high caps instead of one large pool.
-        return max(1, math.ceil(self.config.mps * LATENCY_BUDGET / 16))
+        # httpcore's pool assignment is quadratic in its connections (library-notes.md):
+        # measured here, one client of 16 connections cost 3.3 ms CPU a request, forty
+        # clients of one or two connections 1.35 ms. So: many small clients.
+        return max(1, min(MAX_CLIENTS, math.ceil(self.config.mps * LATENCY_BUDGET / CONNECTIONS_PER_CLIENT)))
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -215,6 +225,11 @@ class Dispatcher:
 
     async def _refresh(self, names: list[str] | None, now: datetime) -> None:
         running = await self._db(self.outbox.active_campaigns, names, now)
+        senderless = [c for c in running if not (c.sender or self.config.default_sender)]
+        if senderless:
+            reason = "no sender: set WA_PHONE_NUMBER_ID for the workers, or create the campaign with --phone-number-id"
+            self.stats.paused += await self._db(self.outbox.pause_campaigns, [c.id for c in senderless], reason, None, now)
+            running = [c for c in running if c not in senderless]
         self._campaigns = {c.id: c for c in running}
         stopped = []
         for queue in self._queues.values():
@@ -227,12 +242,12 @@ class Dispatcher:
         for sender in {self._sender(c) for c in running}:
             if sender not in self._senders or self._senders[sender].done():
                 self._queues.setdefault(sender, deque())
+                self._carry.setdefault(sender, deque())
                 self._senders[sender] = asyncio.create_task(self._send_loop(sender), name=f"send {sender}")
 
     def _sender(self, campaign: RunningCampaign) -> str:
         sender = campaign.sender or self.config.default_sender
-        if not sender:
-            raise CampaignError(f"campaign {campaign.name!r} has no sender: set WA_PHONE_NUMBER_ID or --phone-number-id")
+        assert sender, "campaigns without a sender are paused by _refresh"
         return sender
 
     def _cap(self, sender: str) -> float:
@@ -268,30 +283,32 @@ class Dispatcher:
                 if block is None:
                     await asyncio.sleep(0.02)
                     continue
-                base = 0
+                slot = 0
                 for position, message in enumerate(block.messages):
-                    # Never earlier than the slot, and never closer than 1/rate to this
-                    # worker's previous slot: a late block is not caught up in a burst. (The
-                    # schedule, not the clock after each sleep, sets the spacing: asyncio's
-                    # ~1 ms oversleep would otherwise add up to a tenth of the rate.)
-                    # After a stall (GIL, a slow DB thread) overdue sends catch up gently.
-                    due = max(block.start + (position - base) / block.rate, last_due + 1 / block.rate,
+                    if message.campaign_id not in self._campaigns:  # paused: it never left
+                        await self._unmark([message.id])
+                        continue
+                    # A slot more than LATE_TOLERANCE in the past (a stall: the GIL, a slow
+                    # database) is given up, not used: that second may belong to another
+                    # worker now. When the block has no slot left, the rest of its messages
+                    # (already marked in flight) get new slots in a coming block.
+                    slot = max(slot, math.ceil((time.time() - LATE_TOLERANCE - block.start) * block.rate))
+                    if slot >= len(block.messages):
+                        self._carry[sender].extend(block.messages[position:])
+                        break
+                    # Never earlier than the slot, never closer than 1/rate to the previous
+                    # slot (the schedule, not the clock after each sleep, sets the spacing:
+                    # asyncio's ~1 ms oversleep would otherwise add up to a tenth of the
+                    # rate), and overdue sends catch up gently.
+                    due = max(block.start + slot / block.rate, last_due + 1 / block.rate,
                               last_send + MIN_GAP_FACTOR / block.cap)
-                    if time.time() - (block.start + (position - base) / block.rate) > LATE_TOLERANCE:
-                        # Too late for our slots: the seconds they belonged to are other
-                        # workers' now. Reserve new ones for the rest of the block.
-                        block.start, block.rate = await self._db_now(
-                            self.outbox.reserve_slots, sender, len(block.messages) - position, block.cap * PACE,
-                            time.time() + SLOT_LEAD)
-                        base = position
-                        due = max(block.start, last_send + MIN_GAP_FACTOR / block.cap)
+                    slot += 1
                     last_due = due
                     if (delay := due - time.time()) > 0:
                         await asyncio.sleep(delay)
                     last_send = time.time()
-                    if message.campaign_id not in self._campaigns:  # paused: these never left
-                        unsent = [m.id for m in block.messages[position:] if m.campaign_id not in self._campaigns]
-                        await self._unmark(unsent)
+                    if message.campaign_id not in self._campaigns:
+                        await self._unmark([message.id])
                         continue
                     await self._local_guard.acquire(sender)
                     self._marked.discard(message.id)
@@ -304,24 +321,32 @@ class Dispatcher:
                 await asyncio.gather(upcoming, return_exceptions=True)
 
     async def _prepare(self, sender: str) -> _Block | None:
-        queue = self._queues[sender]
-        if not queue:
-            return None
+        """The next block: messages carried over from a late block first (already marked in
+        flight), then new ones from the queue, marked now; slots reserved for all of them."""
+        queue, carried = self._queues[sender], self._carry[sender]
         cap = self._cap(sender)
-        block = [queue.popleft() for _ in range(min(len(queue), max(1, int(cap * SLOT_BLOCK_SECONDS))))]
-        block = await self._still_running(block)
-        if not block:
+        size = max(1, int(cap * SLOT_BLOCK_SECONDS))
+        ready = [carried.popleft() for _ in range(min(len(carried), size))]
+        stopped = [m.id for m in ready if m.campaign_id not in self._campaigns]
+        await self._unmark(stopped)
+        ready = [m for m in ready if m.campaign_id in self._campaigns]
+        fresh = await self._still_running([queue.popleft() for _ in range(min(len(queue), size - len(ready)))])
+        if not ready and not fresh:
             return None
-        await self._shared_guard.acquire(sender, len(block))
+        await self._shared_guard.acquire(sender, len(ready) + len(fresh))
         # Slots start a little ahead, so marking the block in flight never makes them late.
-        start, rate = await self._db_now(self.outbox.reserve_slots, sender, len(block), cap * PACE, time.time() + SLOT_LEAD)
-        ids = [m.id for m in block]
-        self._marked.update(ids)
-        marked = await self._db_now(self.outbox.mark_in_flight, ids, utcnow())
-        self._marked.difference_update(set(ids) - marked)
-        if len(marked) < len(ids):
-            log.warning("%d claimed messages were no longer ours (lease expired): not sent by this worker", len(ids) - len(marked))
-        return _Block([m for m in block if m.id in marked], start, rate, cap)
+        start, rate = await self._db_now(self.outbox.reserve_slots, sender, len(ready) + len(fresh), cap * PACE,
+                                         time.time() + SLOT_LEAD)
+        if fresh:
+            ids = [m.id for m in fresh]
+            self._marked.update(ids)
+            marked = await self._db_now(self.outbox.mark_in_flight, ids, utcnow())
+            self._marked.difference_update(set(ids) - marked)
+            if len(marked) < len(ids):
+                log.warning("%d claimed messages were no longer ours (lease expired): not sent by this worker",
+                            len(ids) - len(marked))
+            ready += [m for m in fresh if m.id in marked]
+        return _Block(ready, start, rate, cap)
 
     async def _unmark(self, ids: list[int]) -> None:
         if ids:
@@ -334,18 +359,16 @@ class Dispatcher:
             await self._db(self.outbox.release_all, gone, utcnow())
         return [m for m in block if m.campaign_id in self._campaigns]
 
-    def _client(self) -> GraphClient:
-        self._next_client = (self._next_client + 1) % len(self._clients)
-        return self._clients[self._next_client]
-
     async def _send_one(self, sender: str, message: Claimed) -> None:
         campaign = self._campaigns.get(message.campaign_id)
         if campaign is None:  # paused between the slot and now: the request never left
             self._results.released.append(message.id)
             return
         body = self._payload(campaign, message)
+        index = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[index] += 1
         try:
-            accepted = await self._client().send_message(sender, body)
+            accepted = await self._clients[index].send_message(sender, body)
         except GraphError as error:
             await self._failed(sender, campaign, message, error)
         except Uncertain as exc:
@@ -360,6 +383,8 @@ class Dispatcher:
             self._results.in_doubt.append(message.id)
         else:
             self._sent(message, accepted)
+        finally:
+            self._busy[index] -= 1
         if len(self._results) >= 200:
             self._wake.set()
 

@@ -208,8 +208,12 @@ class Outbox:
             )
             if not claimed_ids:
                 return []
+            # Plain rows, not ORM objects: this runs on the worker's database thread, and
+            # every millisecond it holds the GIL is a millisecond the send loop is late.
             rows = session.execute(
-                select(Message, Contact, Suppression.id)
+                select(Message.id, Message.campaign_id, Message.params, Message.attempts, Message.pair_hits,
+                       Contact.id.label("contact_id"), Contact.phone, Contact.last_inbound_at, Contact.last_sent_at,
+                       Contact.marketing_limited_until, Suppression.id.label("suppression_id"))
                 .join(Contact, Contact.id == Message.contact_id)
                 .outerjoin(Suppression, Suppression.phone == Contact.phone)
                 .where(Message.id.in_(claimed_ids))
@@ -229,7 +233,7 @@ class Outbox:
         # Reserve each recipient for the pair interval: until the lease ends (the latest the
         # send can start), plus the interval. The result replaces it with the real time.
         reserve_until = now + self.lease + timedelta(seconds=pair_interval + PAIR_MARGIN)
-        contact_ids = list({contact.id for _, contact, _ in rows})
+        contact_ids = list({row.contact_id for row in rows})
         reserved = set(
             session.scalars(
                 update(Contact)
@@ -243,18 +247,18 @@ class Outbox:
         seen_contacts: set[int] = set()
         release: list[dict[str, Any]] = []
         skip: list[dict[str, Any]] = []
-        for message, contact, suppression_id in rows:
-            if contact.id not in reserved or contact.id in seen_contacts:
+        for row in rows:
+            if row.contact_id not in reserved or row.contact_id in seen_contacts:
                 # Another worker (or another of this batch's campaigns) holds this recipient.
-                release.append({"mid": message.id, "due": None})  # the claim skips reserved recipients
+                release.append({"mid": row.id, "due": None})  # the claim skips reserved recipients
                 continue
-            campaign = by_id[message.campaign_id]
+            campaign = by_id[row.campaign_id]
             decision = policy.choose_message(
                 policy.Recipient(
-                    suppressed=suppression_id is not None,
-                    last_inbound_at=contact.last_inbound_at,
-                    ever_messaged=contact.last_sent_at is not None,
-                    marketing_limited_until=contact.marketing_limited_until,
+                    suppressed=row.suppression_id is not None,
+                    last_inbound_at=row.last_inbound_at,
+                    ever_messaged=row.last_sent_at is not None,
+                    marketing_limited_until=row.marketing_limited_until,
                 ),
                 has_template=bool(campaign.spec.template_name),
                 has_text=campaign.spec.text_body is not None,
@@ -262,17 +266,17 @@ class Outbox:
                 now=now,
             )
             if decision.choice is policy.Choice.SKIP:
-                skip.append({"mid": message.id, "title": decision.reason, "at": now})
+                skip.append({"mid": row.id, "title": decision.reason, "at": now})
                 continue
             if decision.business_initiated and budget is not None:
                 if budget <= 0:
-                    release.append({"mid": message.id, "due": now + timedelta(minutes=1)})
+                    release.append({"mid": row.id, "due": now + timedelta(minutes=1)})
                     continue
                 budget -= 1
-            seen_contacts.add(contact.id)
+            seen_contacts.add(row.contact_id)
             claimed.append(Claimed(
-                id=message.id, campaign_id=message.campaign_id, contact_id=contact.id, phone=contact.phone,
-                params=message.params, attempts=message.attempts, pair_hits=message.pair_hits,
+                id=row.id, campaign_id=row.campaign_id, contact_id=row.contact_id, phone=row.phone,
+                params=row.params, attempts=row.attempts, pair_hits=row.pair_hits,
                 choice=decision.choice, business_initiated=decision.business_initiated,
             ))
         if release:

@@ -22,11 +22,15 @@ from campaign.models import Campaign, Message, MessageState, utcnow
 from campaign.payloads import MessageSpec, template_payload
 
 
-def client_factory(settings: Settings) -> Callable[[], GraphClient]:
+def client_factory(settings: Settings) -> Callable[[int], GraphClient]:
+    """Graph clients of a given number of connections, with the configured token."""
     token = settings.access_token
     if not token:
         raise CampaignError("WA_ACCESS_TOKEN is not set: sending needs a system-user access token")
-    return lambda: GraphClient(settings.api_base_url, settings.api_version, token)
+    return lambda connections=20: GraphClient(
+        settings.api_base_url, settings.api_version, token,
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
 
 
 def check_template(campaign: Campaign, templates: Sequence[Template]) -> Template:
@@ -58,7 +62,7 @@ def launch(db: Database, settings: Settings, name: str, *, at: datetime | None =
     category = None
     if settings.business_account_id:
         async def fetch() -> list[Template]:
-            async with client_factory(settings)() as client:
+            async with client_factory(settings)(4) as client:
                 return await client.fetch_templates(settings.business_account_id or "", campaign.template_name)
         try:
             category = check_template(campaign, asyncio.run(fetch())).category
@@ -115,7 +119,7 @@ def send_test(db: Database, settings: Settings, name: str, numbers: Sequence[str
 
     async def send() -> list[TestSend]:
         results = []
-        async with client_factory(settings)() as client:
+        async with client_factory(settings)(4) as client:
             for target in targets:
                 try:
                     accepted = await client.send_message(sender, template_payload(spec, target, row or {}, "test"))

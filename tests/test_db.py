@@ -29,7 +29,7 @@ def test_the_outbox_has_its_unique_constraints_and_sendable_index(db: Database) 
     assert ("phone",) in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("contacts")}
     assert ("content_hash",) in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("webhook_events")}
     indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("messages")}
-    assert indexes["ix_messages_sendable"] == ["campaign_id", "state", "next_attempt_at"]
+    assert indexes["ix_messages_sendable"] == ["campaign_id", "state", "id"]
 
 
 def test_a_behind_schema_is_refused_on_postgresql_and_upgraded_on_sqlite(database_url: str) -> None:

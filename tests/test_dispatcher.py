@@ -128,7 +128,7 @@ def test_pause_stops_sending_within_a_second_and_resume_finishes_without_duplica
             late = [e for e in sandbox.ledger() if e["wall"] > paused_at + 1.0]
             assert late == [], f"{len(late)} requests arrived more than 1 s after the pause"
             sent_while_paused = states(db, campaign_id)
-            assert 0 < sent_while_paused.get("sent", 0) < 300 and sent_while_paused.get("sending", 0) == 0
+            assert 0 < sent_while_paused.get("sent", 0) < 300 and sent_while_paused.get("sending", 0) == 0, sent_while_paused
             with db.session() as session:
                 campaigns.resume(session, campaigns.get(session, "spring"))
             deadline = time.time() + 20
@@ -150,3 +150,11 @@ def test_cancel_ends_the_campaign_and_cancels_what_was_queued(db: Database, sand
     run(db, sandbox.url)
     assert states(db, campaign_id) == {"cancelled": 40}
     assert sandbox.figures(SENDER).requests == 0
+
+
+def test_a_campaign_without_a_sender_is_paused_with_the_reason(db: Database, sandbox: SandboxServer) -> None:
+    campaign_id = seed(db, "nosender", phones(3))
+    run(db, sandbox.url, default_sender=None)
+    campaign = campaign_row(db, campaign_id)
+    assert campaign.state == "paused" and "WA_PHONE_NUMBER_ID" in (campaign.pause_reason or "")
+    assert states(db, campaign_id) == {"queued": 3}

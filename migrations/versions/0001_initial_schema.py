@@ -138,7 +138,7 @@ def upgrade() -> None:
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_messages_contact_id'), ['contact_id'], unique=False)
         batch_op.create_index('ix_messages_lease', ['state', 'lease_expires_at'], unique=False)
-        batch_op.create_index('ix_messages_sendable', ['campaign_id', 'state', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_messages_sendable', ['campaign_id', 'state', 'id'], unique=False)
 
 
 
