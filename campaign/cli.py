@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -305,7 +306,7 @@ def _print_campaign(campaign: Any, report: dict[str, Any]) -> None:
     table.add_column("total", justify="right")
     table.add_row(*(str(n) for n in report["counts"].values()), str(report["total"]))
     stdout.print(table)
-    if report.get("rate"):
+    if report.get("rate") and campaign.state == "running":
         eta = report["eta_seconds"]
         stdout.print(f"sending {report['rate']:.1f} messages/s" + (f", about {_duration(eta)} left" if eta else ""))
 
@@ -549,3 +550,80 @@ def reconcile(app: AppContext, replay: bool) -> None:
         f"events {stats.events}, statuses applied {stats.statuses_applied}, inbound {stats.inbound}, "
         f"waiting for their message {stats.pending}, orphaned {stats.orphaned}, malformed {stats.errors}"
     )
+
+
+# -- reports -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("name")
+@click.option("--status", "statuses", metavar="STATES", help="Only these states, comma-separated (e.g. delivered,read,failed).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "xlsx", "parquet", "json"]), help="Default: from -o's suffix, else csv.")
+@click.option("-o", "--output", metavar="PATH", help="Where to write (default NAME-report.FORMAT; - for stdout).")
+@click.option("--summary", "show_summary", is_flag=True, help="Print the campaign's summary instead of the per-recipient report.")
+@click.option("--json", "as_json", is_flag=True, help="With --summary: print it as JSON.")
+@click.option("--chart", metavar="PATH.png", help="Also draw the delivery funnel and the timeline to this PNG.")
+@pass_app
+@handle_errors
+def report(app: AppContext, name: str, statuses: str | None, fmt: str | None, output: str | None,
+           show_summary: bool, as_json: bool, chart: str | None) -> None:
+    """Per-recipient delivery report of campaign NAME, or its summary."""
+    from campaign import reports
+
+    database = app.database()
+    if show_summary:
+        figures = reports.summary(database, name)
+        click.echo(json.dumps(figures.as_dict()) if as_json else reports.format_summary(figures))
+    else:
+        fmt = fmt or (reports.format_for_path(output) if output and output != "-" else "csv")
+        target: Any = sys.stdout.buffer if output == "-" else (output or reports.default_path(name, fmt))
+        result = reports.write_report(database, name, target, statuses=reports.parse_statuses(statuses), fmt=fmt)
+        if output != "-":
+            click.echo(f"wrote {result.rows} rows to {result.path}", err=True)
+    if chart:
+        click.echo(f"chart: {reports.write_chart(database, name, chart)}", err=True)
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--folder", type=click.Path(file_okay=False), help="Where to put the database, report and chart (default: a new temporary folder).")
+@handle_errors
+def demo(folder: str | None) -> None:
+    """The whole job on the embedded default: SQLite, the sandbox as Meta, webhooks, a report."""
+    from campaign import demo as demo_run
+    from campaign import reports
+
+    live = _demo_progress()
+    try:
+        result = demo_run.run(Path(folder) if folder else None, on_progress=live.update)
+    finally:
+        live.close()
+    click.echo(f"imported {result.imported.imported} recipients ({result.imported.rejected} rejected) from the sample file")
+    click.echo(reports.format_summary(result.summary))
+    click.echo(f"\nreport: {result.report}\nchart:  {result.chart}\ndatabase: {result.folder / 'campaign.db'}")
+
+
+class _demo_progress:  # noqa: N801 - used like a function
+    """A live line of counts per state on a terminal; silent in a pipe."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        if stderr.is_terminal:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                                console=stderr, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("demo", total=None, detail="")
+
+    def update(self, phase: str, counts: dict[str, int]) -> None:
+        if self.bar is None:
+            return
+        total = sum(counts.values())
+        settled = total - counts.get("queued", 0) - counts.get("sending", 0)
+        detail = "  ".join(f"{state} {n}" for state, n in counts.items() if n)
+        self.bar.update(self.task, description=phase, total=total, completed=settled, detail=detail)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import bindparam, case, func, or_, select, text, update
 from sqlalchemy.orm import Session
@@ -243,6 +243,8 @@ class Outbox:
             )
         )
         budget = policy.budget_left(daily_unique_limit, self._reached_outside_window(session, now) if daily_unique_limit else 0)
+        # People already reached in the moving 24 hours cost the messaging limit nothing more.
+        already = self._reached_outside_window(session, now, contact_ids) if daily_unique_limit else set()
         claimed: list[Claimed] = []
         seen_contacts: set[int] = set()
         release: list[dict[str, Any]] = []
@@ -268,11 +270,12 @@ class Outbox:
             if decision.choice is policy.Choice.SKIP:
                 skip.append({"mid": row.id, "title": decision.reason, "at": now})
                 continue
-            if decision.business_initiated and budget is not None:
+            if decision.business_initiated and budget is not None and row.contact_id not in already:
                 if budget <= 0:
                     release.append({"mid": row.id, "due": now + timedelta(minutes=1)})
                     continue
                 budget -= 1
+                already.add(row.contact_id)
             seen_contacts.add(row.contact_id)
             claimed.append(Claimed(
                 id=row.id, campaign_id=row.campaign_id, contact_id=row.contact_id, phone=row.phone,
@@ -295,15 +298,21 @@ class Outbox:
             session.execute(update(Message).where(Message.id.in_(flagged)).values(business_initiated=True))
         return claimed
 
-    def _reached_outside_window(self, session: Session, now: datetime) -> int:
-        """Distinct recipients reached outside their window in the last 24 hours (all campaigns)."""
+    @overload
+    def _reached_outside_window(self, session: Session, now: datetime) -> int: ...
+
+    @overload
+    def _reached_outside_window(self, session: Session, now: datetime, among: list[int]) -> set[int]: ...
+
+    def _reached_outside_window(self, session: Session, now: datetime, among: list[int] | None = None) -> int | set[int]:
+        """Distinct recipients reached outside their window in the last 24 hours (all
+        campaigns): how many, or which of `among`."""
         since = now - timedelta(hours=24)
-        return session.scalar(
-            select(func.count(func.distinct(Message.contact_id))).where(
-                Message.business_initiated.is_(True),
-                or_(Message.sent_at >= since, Message.state == MessageState.SENDING),
-            )
-        ) or 0
+        reached = (Message.business_initiated.is_(True),
+                   or_(Message.sent_at >= since, Message.state == MessageState.SENDING))
+        if among is not None:
+            return set(session.scalars(select(Message.contact_id).distinct().where(*reached, Message.contact_id.in_(among))))
+        return session.scalar(select(func.count(func.distinct(Message.contact_id))).where(*reached)) or 0
 
     # -- in flight and results ---------------------------------------------------------------
 

@@ -158,3 +158,25 @@ def test_a_campaign_without_a_sender_is_paused_with_the_reason(db: Database, san
     campaign = campaign_row(db, campaign_id)
     assert campaign.state == "paused" and "WA_PHONE_NUMBER_ID" in (campaign.pause_reason or "")
     assert states(db, campaign_id) == {"queued": 3}
+
+
+def test_the_messaging_limit_holds_new_conversations_until_the_window_rolls(db: Database, sandbox: SandboxServer) -> None:
+    import asyncio
+
+    first = seed(db, "first", phones(4))
+    second = seed(db, "second", phones(6, start=2))  # two recipients shared with the first campaign
+    worker = dispatcher(db, sandbox.url, mps=200, daily_unique_limit=6)
+
+    async def run_for(seconds: float) -> None:
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(seconds)
+        worker.stop()
+        await task
+
+    asyncio.run(run_for(3.0))
+    with db.read_session() as session:
+        reached = set(session.scalars(select(Contact.phone).join(Message, Message.contact_id == Contact.id)
+                                      .where(Message.state == "sent")))
+    assert len(reached) == 6  # six distinct people; the shared two cost the budget once
+    assert states(db, first).get("sent", 0) + states(db, second).get("sent", 0) == 8
+    assert states(db, second).get("queued", 0) == 2  # the rest wait for the 24-hour window to roll
