@@ -57,6 +57,9 @@ def handle_errors(command: F) -> F:
         except CampaignError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except BrokenPipeError:  # `campaign report -o - | head`: the reader has what it wanted
+            sys.stderr.close()
+            sys.exit(0)
 
     return wrapper  # type: ignore[return-value]
 

@@ -1,0 +1,1 @@
+"""Sample data shipped with the package: `recipients.csv` is what `campaign demo` imports."""
