@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from campaign import campaigns, sending, suppressions
+from campaign import campaigns, phone, sending, suppressions
 from campaign.config import RedactSecrets, Settings, load_settings
 from campaign.contacts import ContactsEndpoint
 from campaign.db import Database
@@ -241,7 +241,7 @@ def _progress(label: str) -> Iterator[Callable[[str, int, int], None] | None]:
 @handle_errors
 def suppress(app: AppContext, phones: tuple[str, ...], file: str | None, reason: str | None, default_region: str | None) -> None:
     """Add numbers to the opt-out list: no campaign will message them."""
-    numbers = suppressions.normalize_all(phones, default_region)
+    numbers = phone.normalize_many(phones, default_region)
     if file:
         numbers += suppressions.read_numbers(file, default_region)
     if not numbers:
@@ -258,7 +258,7 @@ def suppress(app: AppContext, phones: tuple[str, ...], file: str | None, reason:
 @handle_errors
 def unsuppress(app: AppContext, phones: tuple[str, ...], default_region: str | None) -> None:
     """Remove numbers from the opt-out list."""
-    numbers = suppressions.normalize_all(phones, default_region)
+    numbers = phone.normalize_many(phones, default_region)
     with app.database().session() as session:
         removed = suppressions.unsuppress(session, numbers)
     click.echo(f"unsuppressed {removed} number{'s' if removed != 1 else ''}")

@@ -17,10 +17,13 @@ E.164 with `+`. Rules that are not phonenumbers' own (measured, see library-note
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType, re_util
+
+from campaign.exceptions import CampaignError
 
 # Numbers from many regions need more metadata patterns than the `re` module's 512-entry
 # cache holds; without this phonenumbers recompiles them constantly (measured: 19,000 vs
@@ -130,6 +133,18 @@ def _e164(parsed: phonenumbers.PhoneNumber) -> str:
 def _normalized(parsed: phonenumbers.PhoneNumber) -> Normalized:
     is_us = parsed.country_code == 1 and phonenumbers.region_code_for_number(parsed) == "US"
     return Normalized(_e164(parsed), parsed.country_code, is_us)
+
+
+def normalize_many(raws: Iterable[str], default_region: str | None = None, *, source: str = "") -> list[str]:
+    """E.164 for every value a user typed (`--to`, `suppress`), or a `CampaignError` naming
+    the first that is not a number (`source` says where it came from)."""
+    numbers = []
+    for raw in raws:
+        n = normalize(raw, default_region)
+        if isinstance(n, Invalid):
+            raise CampaignError(f"{source}{n.detail}")
+        numbers.append(n.e164)
+    return numbers
 
 
 def is_region(code: str) -> bool:

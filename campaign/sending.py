@@ -100,12 +100,7 @@ class TestSend:
 
 def send_test(db: Database, settings: Settings, name: str, numbers: Sequence[str], default_region: str | None = None) -> list[TestSend]:
     """The campaign's template to a few numbers now, with its first recipient's values; not counted."""
-    targets = []
-    for raw in numbers:
-        n = phone.normalize(raw, default_region)
-        if isinstance(n, phone.Invalid):
-            raise CampaignError(f"--to {raw!r}: {n.detail}")
-        targets.append(n.e164)
+    targets = phone.normalize_many(numbers, default_region, source="--to: ")
     with db.read_session() as session:
         campaign = campaigns.get(session, name)
         row = session.scalar(select(Message.params).where(Message.campaign_id == campaign.id).order_by(Message.id).limit(1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -13,17 +12,6 @@ from campaign import csvfile, phone
 from campaign.exceptions import CampaignError
 from campaign.models import Suppression, SuppressionSource, utcnow
 from campaign.sql import batches, insert_ignore
-
-
-def normalize_all(raws: Iterable[str], default_region: str | None = None, *, source: str = "") -> list[str]:
-    """E.164 for every raw number, or an error naming the first that is not a number."""
-    numbers = []
-    for raw in raws:
-        n = phone.normalize(raw, default_region)
-        if isinstance(n, phone.Invalid):
-            raise CampaignError(f"{source}{n.detail}")
-        numbers.append(n.e164)
-    return numbers
 
 
 def read_numbers(path: str | Path, default_region: str | None = None) -> list[str]:
@@ -45,7 +33,7 @@ def read_numbers(path: str | Path, default_region: str | None = None) -> list[st
     numbers = []
     for line, raw in enumerate(column.tolist(), start=start):
         if raw.strip():
-            numbers.extend(normalize_all([raw], default_region, source=f"{path}: line {line}: "))
+            numbers.extend(phone.normalize_many([raw], default_region, source=f"{path}: line {line}: "))
     return numbers
 
 
