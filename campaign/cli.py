@@ -382,6 +382,9 @@ def _send_in_foreground(app: AppContext, database: Database, name: str) -> None:
     click.echo(f"campaign {name!r} is {campaign.state}: sent {stats.sent}, failed {stats.failed} by this run")
     if campaign.pause_reason:
         click.echo(f"paused by the engine: {campaign.pause_reason}", err=True)
+    from campaign import reports
+
+    click.echo(reports.format_summary(reports.summary(database, name)))
 
 
 def _run_dispatcher(
