@@ -41,7 +41,7 @@ def worker(database_url: str, sandbox_url: str, mps: int = 100) -> subprocess.Po
            "WA_ACCESS_TOKEN": TOKEN, "WA_PHONE_NUMBER_ID": SENDER, "CAMPAIGN_MPS": str(mps),
            "CAMPAIGN_PAIR_INTERVAL": "0", "CAMPAIGN_LEASE": "5", "CAMPAIGN_SEND_GRACE": "6"}
     return subprocess.Popen([sys.executable, "-m", "campaign", "worker", "--exit-when-idle"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(os.devnull, "w") if not os.environ.get("CRASH_DEBUG") else None)
+                            stdout=subprocess.DEVNULL, stderr=None if os.environ.get("CRASH_DEBUG") else subprocess.DEVNULL)  # CRASH_DEBUG=1 shows worker logs
 
 
 def wait_settled(db: Database, campaign_id: int, total: int, timeout: float = 30) -> dict[str, int]:
