@@ -18,27 +18,19 @@ import asyncio
 import json
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
+from pathlib import Path
 import time
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import free_port, process_cpu_seconds  # noqa: E402
+
 TOKEN = "bench-token"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def hammer(base_url: str, client_index: int, connections: int, seconds: float) -> dict[str, float]:
