@@ -97,7 +97,6 @@ class DispatchStats:
     retried: int = 0
     throttled: int = 0
     in_doubt: int = 0
-    skipped_or_released: int = 0
     started: float = field(default_factory=time.monotonic)
     paused: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)

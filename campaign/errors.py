@@ -114,7 +114,3 @@ def rule_for(code: int | None, http_status: int | None = None) -> ErrorRule:
     if http_status is not None and (http_status >= 500 or http_status == 429):
         return TRANSIENT_HTTP
     return UNKNOWN_ERROR
-
-
-def meaning(code: int | None) -> str:
-    return rule_for(code).meaning

@@ -89,7 +89,7 @@ class Results:
     def add_sent(self, message_id: int, contact_id: int, wamid: str, wa_id: str | None, at: datetime, pair_interval: float) -> None:
         self.sent.append({
             "mid": message_id, "cid": contact_id, "wamid": wamid, "wa_id": wa_id, "at": at,
-            "next_send": at + timedelta(seconds=pair_interval + PAIR_MARGIN),
+            "next_send": policy.pair_due(at, pair_interval + PAIR_MARGIN, at),
         })
 
     def add_failed(self, message_id: int, contact_id: int, code: int | None, title: str, details: str | None, at: datetime) -> None:

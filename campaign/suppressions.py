@@ -64,6 +64,3 @@ def unsuppress(session: Session, numbers: list[str]) -> int:
         removed += result.rowcount  # type: ignore[attr-defined]
     return removed
 
-
-def is_suppressed(session: Session, number: str) -> bool:
-    return session.scalar(select(Suppression.id).where(Suppression.phone == number)) is not None
