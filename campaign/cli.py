@@ -83,7 +83,7 @@ def _configure_logging(verbose: int, settings: Settings) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactSecrets(settings.secrets()))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # httpx logs every request URL at INFO; the token is in a header, not the URL, but keep it quiet.
+    # httpx (the sandbox's webhook deliveries) logs every request URL at INFO: keep it quiet.
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
 

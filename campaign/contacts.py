@@ -15,13 +15,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from campaign.db import Database
 from campaign.exceptions import CampaignError
-from campaign.graph import ContactCheck, GraphClient, GraphError
+from campaign.graph import ContactCheck, GraphClient, GraphError, TransportError
 from campaign.models import Contact
 from campaign.sql import batches, insert_ignore
 
@@ -105,7 +104,7 @@ async def _ask(
                     )
                     return
                 raise CampaignError(f"contacts check failed: {exc}") from None
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 raise CampaignError(f"contacts check failed: cannot reach the Graph API ({exc!r})") from None
             _remember(db, checks, now)
             result.checked_online += len(batch)

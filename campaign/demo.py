@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 
 from campaign import campaigns, reports
 from campaign.config import Settings
@@ -100,8 +99,7 @@ def run(
 
 def _send(db: Database, settings: Settings, on_progress: Callable[[str, dict[str, int]], None] | None) -> DispatchStats:
     def factory(connections: int) -> GraphClient:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        return GraphClient(settings.api_base_url, settings.api_version, settings.access_token or "", limits=limits)
+        return GraphClient(settings.api_base_url, settings.api_version, settings.access_token or "", connections=connections)
 
     def progress(stats: DispatchStats) -> None:
         if on_progress is not None:

@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-import httpx
 from sqlalchemy import update
 
 from campaign import errors, payloads, policy, statuses, suppressions
 from campaign.config import Settings
 from campaign.db import Database
 from campaign.limits import LocalGuard, guard_for
-from campaign.graph import NOT_SENT, Accepted, GraphClient, GraphError, Uncertain
+from campaign.graph import Accepted, GraphClient, GraphError, NotSent, Uncertain
 from campaign.models import Contact, SuppressionSource
 from campaign.outbox import GRACE, Claimed, Outbox, Results, RunningCampaign
 
@@ -58,10 +57,10 @@ MIN_GAP_FACTOR = 0.9
 """Catching up after a stall, two sends of one worker are at least 0.9/cap apart; the
 limiter's exact sliding window then holds the cap. (A gap of a full 1/cap would turn
 asyncio's ~1 ms oversleep into a steady 7% loss.)"""
-LATENCY_BUDGET = 0.4
-"""Seconds of requests the connections are sized for: cap x this requests in flight."""
-CONNECTIONS_PER_CLIENT = 2
-MAX_CLIENTS = 64
+LATENCY_BUDGET = 1.0
+"""Seconds of requests the connections are sized for: cap x this requests in flight. A
+request that has to wait for a connection leaves late, and late requests bunch."""
+MIN_CONNECTIONS = 20
 
 
 @dataclass(frozen=True)
@@ -157,9 +156,7 @@ class Dispatcher:
         self._shared_guard = guard_for(db.engine.url.render_as_string(hide_password=False), config.mps,
                                        shared=config.shared_guard, redis_url=config.redis_url)
         """Per block of slots, across every worker of the database."""
-        self._clients: list[GraphClient] = []
-        self._busy: list[int] = []
-        """Requests in flight per client: each request goes to the least busy one."""
+        self._client: GraphClient | None = None
         self._results = Results()
         self._marked: set[int] = set()
         """Marked in flight, not yet handed to a request: returned to the queue on shutdown."""
@@ -172,8 +169,7 @@ class Dispatcher:
     async def run(self, *, campaigns: Sequence[str] | None = None, exit_when_idle: bool = False,
                   stop: asyncio.Event | None = None) -> DispatchStats:
         names = list(campaigns) if campaigns else None
-        self._clients = [self.client_factory(CONNECTIONS_PER_CLIENT) for _ in range(self._client_count())]
-        self._busy = [0] * len(self._clients)
+        self._client = self.client_factory(max(MIN_CONNECTIONS, math.ceil(self.config.mps * LATENCY_BUDGET)))
         last_recover = 0.0
         try:
             while not self._stop.is_set() and not (stop is not None and stop.is_set()):
@@ -205,12 +201,6 @@ class Dispatcher:
     def _idle(self) -> bool:
         return (not self._in_flight and not any(self._queues.values()) and not any(self._carry.values())
                 and not self._marked and not len(self._results))
-
-    def _client_count(self) -> int:
-        # httpcore's pool assignment is quadratic in its connections (library-notes.md):
-        # measured here, one client of 16 connections cost 3.3 ms CPU a request, forty
-        # clients of one or two connections 1.35 ms. So: many small clients.
-        return max(1, min(MAX_CLIENTS, math.ceil(self.config.mps * LATENCY_BUDGET / CONNECTIONS_PER_CLIENT)))
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
@@ -365,27 +355,19 @@ class Dispatcher:
         if campaign is None:  # paused between the slot and now: the request never left
             self._results.released.append(message.id)
             return
-        body = self._payload(campaign, message)
-        index = min(range(len(self._busy)), key=self._busy.__getitem__)
-        self._busy[index] += 1
+        assert self._client is not None
         try:
-            accepted = await self._clients[index].send_message(sender, body)
+            accepted = await self._client.send_message(sender, self._payload(campaign, message))
         except GraphError as error:
             await self._failed(sender, campaign, message, error)
         except Uncertain as exc:
             log.warning("message %d: outcome unknown (%s); waiting for its status webhook", message.id, exc)
             self.stats.in_doubt += 1
             self._results.in_doubt.append(message.id)
-        except NOT_SENT as exc:
-            self._retry(message, f"could not connect to the Graph API ({type(exc).__name__})", None)
-        except httpx.HTTPError as exc:  # anything else from httpx: treat as unknown, never re-send blindly
-            log.warning("message %d: %r; waiting for its status webhook", message.id, exc)
-            self.stats.in_doubt += 1
-            self._results.in_doubt.append(message.id)
+        except NotSent as exc:
+            self._retry(message, f"could not connect to the Graph API ({exc})", None)
         else:
             self._sent(message, accepted)
-        finally:
-            self._busy[index] -= 1
         if len(self._results) >= 200:
             self._wake.set()
 
@@ -492,8 +474,8 @@ class Dispatcher:
             await self._db(self.outbox.release_all, unsent, utcnow())
         for queue in self._queues.values():
             queue.clear()
-        for client in self._clients:
-            await client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
         self._local_guard.close()
         self._shared_guard.close()
         self._db_thread.shutdown(wait=True)

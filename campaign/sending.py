@@ -15,9 +15,7 @@ from campaign.config import Settings
 from campaign.db import Database
 from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from campaign.exceptions import CampaignError
-import httpx
-
-from campaign.graph import GraphClient, GraphError, Template, Uncertain
+from campaign.graph import GraphClient, GraphError, Template, TransportError
 from campaign.models import Campaign, Message, MessageState, utcnow
 from campaign.payloads import MessageSpec, template_payload
 
@@ -27,10 +25,7 @@ def client_factory(settings: Settings) -> Callable[[int], GraphClient]:
     token = settings.access_token
     if not token:
         raise CampaignError("WA_ACCESS_TOKEN is not set: sending needs a system-user access token")
-    return lambda connections=20: GraphClient(
-        settings.api_base_url, settings.api_version, token,
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-    )
+    return lambda connections=20: GraphClient(settings.api_base_url, settings.api_version, token, connections=connections)
 
 
 def check_template(campaign: Campaign, templates: Sequence[Template]) -> Template:
@@ -66,7 +61,7 @@ def launch(db: Database, settings: Settings, name: str, *, at: datetime | None =
                 return await client.fetch_templates(settings.business_account_id or "", campaign.template_name)
         try:
             category = check_template(campaign, asyncio.run(fetch())).category
-        except GraphError as exc:
+        except (GraphError, TransportError) as exc:
             raise CampaignError(f"cannot check template {campaign.template_name!r}: {exc}") from None
     with db.session() as session:
         campaign = campaigns.get(session, name)
@@ -119,7 +114,7 @@ def send_test(db: Database, settings: Settings, name: str, numbers: Sequence[str
                 try:
                     accepted = await client.send_message(sender, template_payload(spec, target, row or {}, "test"))
                     results.append(TestSend(target, accepted.wamid, None))
-                except (GraphError, Uncertain, httpx.HTTPError) as exc:  # each number reports its own outcome
+                except (GraphError, TransportError) as exc:  # each number reports its own outcome
                     results.append(TestSend(target, None, str(exc)))
         return results
 

@@ -51,8 +51,8 @@ def seed(db: Database, name: str, numbers: Sequence[str], *, template: str = "or
 def dispatcher(db: Database, url: str, **config: Any) -> Dispatcher:
     settings = {"mps": 80, "pair_interval": 0.0, "default_sender": SENDER, "retry_base": 0.05,
                 "grace": timedelta(minutes=10), **config}
-    return Dispatcher(db, lambda connections: GraphClient(url, "v21.0", TOKEN, limits=httpx.Limits(
-        max_connections=connections, max_keepalive_connections=connections)), DispatchConfig(**settings))
+    return Dispatcher(db, lambda connections: GraphClient(url, "v21.0", TOKEN, connections=connections),
+                      DispatchConfig(**settings))
 
 
 def run(db: Database, url: str, *, names: Sequence[str] | None = None, **config: Any) -> DispatchStats:
