@@ -271,9 +271,10 @@ class Suppression(Base):
 class SendSlots(Base):
     """The send pacing of one sender number, shared by every worker through the database.
 
-    Each worker reserves the next slots here (`next_at` moves by 1/rate per message), so
-    all workers together send evenly at `rate`; 130429 lowers `rate` for all of them.
-    Times are Unix seconds as floats: slot arithmetic stays the same on both dialects.
+    `rate` is what all workers together may send (130429 lowers it for all of them); each
+    worker paces its own share of it in a `SendLane`. `next_at` is the end of the latest
+    slot any worker reserved: a worker that joins starts after it. Times are Unix seconds
+    as floats: slot arithmetic stays the same on both dialects.
     """
 
     __tablename__ = "send_slots"
@@ -282,6 +283,22 @@ class SendSlots(Base):
     next_at: Mapped[float] = mapped_column(Double, default=0.0)
     rate: Mapped[float] = mapped_column(Double)
     adjusted_at: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class SendLane(Base):
+    """One worker's share of a sender's rate: its slots are spaced at rate / live lanes.
+
+    A lane is live until a moment after its last reserved slot; a worker that stops cleanly
+    deletes its lanes, one that dies leaves them to expire. Evenly spaced lanes are what let
+    several workers reach the cap: a worker never has to send faster than its share."""
+
+    __tablename__ = "send_lanes"
+
+    sender: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The worker id, as in `messages.lease_owner`."""
+    next_at: Mapped[float] = mapped_column(Double)
+    """The end of this worker's last reserved slot (Unix seconds)."""
 
 
 class PendingStatus(Base):

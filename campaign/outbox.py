@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, overload
 
-from sqlalchemy import bindparam, case, func, or_, select, text, update
+from sqlalchemy import bindparam, case, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from campaign import campaigns as campaign_rules
@@ -36,6 +36,7 @@ from campaign.models import (
     Contact,
     Message,
     MessageState,
+    SendLane,
     SendSlots,
     Suppression,
 )
@@ -408,7 +409,12 @@ class Outbox:
     # -- pacing ------------------------------------------------------------------------------
 
     def reserve_slots(self, sender: str, count: int, cap: float, now: float) -> tuple[float, float]:
-        """Reserve `count` send slots for `sender`: (first slot time, rate), shared by workers."""
+        """Reserve `count` send slots in this worker's lane of `sender`: (first slot, rate).
+
+        The sender's rate is shared equally by the live lanes, so the workers together send
+        evenly at it, and none has to keep a pace meant for all of them. A worker joining
+        starts after every slot reserved at the old shares, so the shares never add up to
+        more than the rate at any moment."""
         with self.db.session() as session:
             row = session.get(SendSlots, sender, with_for_update=True)
             if row is None:
@@ -420,10 +426,26 @@ class Outbox:
                 # No throttling for a while: climb back by a tenth of the cap per second.
                 rate = min(cap, rate + cap * RECOVER_PER_SECOND * (now - row.adjusted_at))
                 row.adjusted_at = now
-            start = max(row.next_at, now)
-            row.next_at = start + count / rate
             row.rate = rate
-            return start, rate
+            session.execute(delete(SendLane).where(SendLane.sender == sender, SendLane.next_at < now - LANE_EXPIRY))
+            lanes = dict(session.execute(select(SendLane.worker, SendLane.next_at).where(SendLane.sender == sender)).all())
+            own = lanes.get(self.worker_id)
+            start = max(now, row.next_at if own is None else own)
+            lanes[self.worker_id] = start
+            share = rate / len(lanes)
+            end = start + count / share
+            if own is None:
+                session.add(SendLane(sender=sender, worker=self.worker_id, next_at=end))
+            else:
+                session.execute(update(SendLane).where(SendLane.sender == sender, SendLane.worker == self.worker_id)
+                                .values(next_at=end))
+            row.next_at = max(row.next_at, end)
+            return start, share
+
+    def release_lanes(self) -> None:
+        """This worker sends no more: its share goes to the others at their next reservation."""
+        with self.db.session() as session:
+            session.execute(delete(SendLane).where(SendLane.worker == self.worker_id))
 
     def slow_down(self, sender: str, cap: float, now: float) -> float:
         """130429: the sender was throttled; every worker slows down."""
@@ -442,6 +464,9 @@ SLOW_FACTOR = 0.8
 RECOVER_AFTER = 2.0
 RECOVER_PER_SECOND = 0.1
 """...and from this many seconds after the last drop it climbs back by a tenth of the cap a second."""
+LANE_EXPIRY = 1.0
+"""Seconds after its last reserved slot that a worker's lane still counts: a worker that is
+briefly between claims keeps its share; one that died gives it up soon."""
 
 
 def _running(campaign: Campaign) -> RunningCampaign:
