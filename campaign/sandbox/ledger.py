@@ -79,6 +79,7 @@ class LedgerFigures:
     first_arrival: float | None = None
     last_arrival: float | None = None
     accepted_per_second: float | None = None  # accepted / (last - first accepted arrival)
+    accepted_each_second: list[int] = field(default_factory=list)  # per whole second from the first accepted
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form; code keys become strings."""
@@ -207,4 +208,8 @@ def compute_figures(entries: Iterable[LedgerEntry]) -> LedgerFigures:
         figures.first_arrival, figures.last_arrival = arrivals[0], arrivals[-1]
     if len(accepted_times) > 1 and accepted_times[-1] > accepted_times[0]:
         figures.accepted_per_second = (len(accepted_times) - 1) / (accepted_times[-1] - accepted_times[0])
+        each = [0] * (int(accepted_times[-1] - accepted_times[0]) + 1)
+        for at in accepted_times:
+            each[int(at - accepted_times[0])] += 1
+        figures.accepted_each_second = each
     return figures
