@@ -469,7 +469,6 @@ class Dispatcher:
         for task in self._senders.values():
             task.cancel()
         await asyncio.gather(*self._senders.values(), return_exceptions=True)
-        await self._db(self.outbox.release_lanes)
         if self._in_flight:  # requests already sent finish and are recorded
             await asyncio.gather(*list(self._in_flight), return_exceptions=True)
         await self._flush()
@@ -479,6 +478,7 @@ class Dispatcher:
             await self._db(self.outbox.release_all, unsent, utcnow())
         for queue in self._queues.values():
             queue.clear()
+        await self._db(self.outbox.release_lanes)  # after the results: a lane not released just expires
         if self._client is not None:
             await self._client.aclose()
         self._local_guard.close()
