@@ -171,8 +171,9 @@ class GraphClient:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._connections, ssl=_tls_context())
+            # trust_env: HTTPS_PROXY and friends are honoured, as they were with httpx.
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
-                                                  cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
+                                                  cookie_jar=aiohttp.DummyCookieJar(), trust_env=True)
         return self._session
 
     async def _request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
