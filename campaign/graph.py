@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 CONNECTIONS = 20
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30.0, sock_connect=10.0, sock_read=10.0)
@@ -137,6 +139,15 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+def _env_proxy(url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """HTTPS_PROXY / HTTP_PROXY for `url` (NO_PROXY honoured), as httpx used them, looked up
+    once: aiohttp's `trust_env` looks them up on every request, which cost 0.4 ms each."""
+    try:
+        return get_env_proxy_for_url(URL(url))
+    except LookupError:
+        return None, None
+
+
 class GraphClient:
     """One pooled connection set to the Graph API (or the sandbox) with the system-user token.
 
@@ -171,9 +182,9 @@ class GraphClient:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._connections, ssl=_tls_context())
-            # trust_env: HTTPS_PROXY and friends are honoured, as they were with httpx.
+            proxy, proxy_auth = _env_proxy(self._base)
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
-                                                  cookie_jar=aiohttp.DummyCookieJar(), trust_env=True)
+                                                  cookie_jar=aiohttp.DummyCookieJar(), proxy=proxy, proxy_auth=proxy_auth)
         return self._session
 
     async def _request(self, method: str, path: str, *, body: dict[str, Any] | None = None,

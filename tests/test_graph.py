@@ -21,19 +21,25 @@ BODY = {"messaging_product": "whatsapp", "to": "+4915123456789", "type": "text",
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """The request line, once the whole request has been read."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-    return await reader.readexactly(length)
+    await reader.readexactly(length)
+    return head.split(b"\r\n")[0]
+
+
+async def respond(writer: asyncio.StreamWriter, status: int, body: Any) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n".encode()
+                 + content)
+    await writer.drain()
+    writer.close()
 
 
 def answer(status: int, body: Any) -> Handler:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n".encode()
-                     + content)
-        await writer.drain()
-        writer.close()
+        await respond(writer, status, body)
 
     return handle
 
@@ -116,3 +122,25 @@ def test_a_request_that_may_have_reached_meta_is_uncertain(handler: Handler) -> 
 def test_no_answer_within_the_read_timeout_is_uncertain() -> None:
     with pytest.raises(Uncertain):
         asyncio.run(send(hang, timeout=aiohttp.ClientTimeout(total=None, connect=1, sock_read=0.3)))
+
+
+def test_requests_go_through_the_proxy_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))  # a proxy is asked for the absolute URL
+        await respond(writer, 200, {"messages": [{"id": "wamid.P"}]})
+
+    async def via_proxy() -> Accepted:
+        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        try:
+            async with GraphClient("http://graph.invalid", "v21.0", "token") as graph:  # not resolvable
+                return await graph.send_message("PNID", BODY)
+        finally:
+            server.close()
+
+    assert asyncio.run(via_proxy()).wamid == "wamid.P"
+    assert seen[0].startswith(b"POST http://graph.invalid/v21.0/PNID/messages ")
+
