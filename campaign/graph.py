@@ -6,8 +6,8 @@ ends in an answer, a `GraphError` (Meta said no), `NotSent` (the request certain
 left) or `Uncertain` (it may have reached Meta).
 
 Why aiohttp and not httpx, the stack's first choice: at 300 requests/s against the sandbox,
-httpx took 0.94 ms of CPU per request (its anyio layer, URL merging, cookie extraction and
-per-request connection checks) and this client 0.35 ms (`benchmarks/graph_client.py`). At
+httpx took 0.97 ms of CPU per request (its anyio layer, URL merging, cookie extraction and
+per-request connection checks) and this client 0.37 ms (`benchmarks/graph_client.py`). At
 the 1,000 MPS a number can be raised to, that difference is over half a core.
 """
 
@@ -32,7 +32,7 @@ out there never left."""
 
 
 class GraphError(Exception):
-    """An error answer from the Graph API, or a request whose outcome is unknown."""
+    """An error answer from the Graph API."""
 
     def __init__(
         self,
@@ -202,7 +202,10 @@ class GraphClient:
         status, content = await self._request("POST", path, body=body)
         if status != 200:
             raise GraphError.from_answer(status, content)
-        return json.loads(content)
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise GraphError(f"HTTP 200 with a body that is not JSON: {content[:200]!r}", http_status=status) from None
 
     async def check_contacts(self, phone_number_id: str, numbers: list[str]) -> list[ContactCheck]:
         """Which of `numbers` (E.164) have WhatsApp, where the provider still offers the check."""
