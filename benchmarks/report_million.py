@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from campaign import campaigns  # noqa: E402
 from campaign.db import Database  # noqa: E402
-from campaign.models import CampaignState, Import  # noqa: E402
+from campaign.models import Import  # noqa: E402
+from campaign.states import CampaignState  # noqa: E402
 
 NAME = "million"
 CHUNK = 50_000

@@ -36,7 +36,8 @@ from measure import free_port, process_cpu_seconds  # noqa: E402
 from sqlalchemy import func, insert, select
 
 from campaign.db import Database
-from campaign.models import Campaign, CampaignState, Contact, Message, MessageState, WebhookEvent
+from campaign.models import Campaign, Contact, Message, WebhookEvent
+from campaign.states import CampaignState, MessageState
 from campaign.webhooks import signature
 
 SECRET = "bench-app-secret"

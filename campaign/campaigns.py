@@ -12,7 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from campaign.exceptions import CampaignError
-from campaign.models import Campaign, CampaignState, Message, MessageState, utcnow
+from campaign.clock import utcnow
+from campaign.models import Campaign, Message
+from campaign.states import CampaignState, MessageState
 
 HEADER_TYPES = ("image", "video", "document")
 TEMPLATE_CATEGORIES = ("marketing", "utility", "authentication")

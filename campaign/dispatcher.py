@@ -37,7 +37,8 @@ from campaign.config import Settings
 from campaign.db import Database
 from campaign.limits import LocalGuard, guard_for
 from campaign.graph import Accepted, GraphClient, GraphError, NotSent, Uncertain
-from campaign.models import Contact, SuppressionSource
+from campaign.models import Contact
+from campaign.states import SuppressionSource
 from campaign.outbox import GRACE, Claimed, Outbox, Results, RunningCampaign
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,9 @@ from sqlalchemy.orm import Session
 from campaign import campaigns, contacts, csvfile, phone
 from campaign.db import Database
 from campaign.exceptions import CampaignError
-from campaign.models import Campaign, CampaignState, Contact, Import, Message, MessageState, Suppression, UTCDateTime, utcnow
+from campaign.clock import utcnow
+from campaign.models import Campaign, Contact, Import, Message, Suppression, UTCDateTime
+from campaign.states import CampaignState, MessageState
 
 CHUNK_ROWS = 50_000
 PARALLEL_FROM_BYTES = 4 << 20

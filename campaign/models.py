@@ -7,7 +7,6 @@ always bind Python datetimes instead, see library-notes.md).
 
 from __future__ import annotations
 
-import enum
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +27,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from campaign.clock import utcnow
+from campaign.states import CampaignState, MessageState, SuppressionSource
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -70,41 +72,6 @@ class JSONText(TypeDecorator[Any]):
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
         return None if value is None else json.loads(value)
-
-
-class CampaignState(enum.StrEnum):
-    DRAFT = "draft"
-    SCHEDULED = "scheduled"
-    RUNNING = "running"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-
-
-class MessageState(enum.StrEnum):
-    QUEUED = "queued"
-    SENDING = "sending"
-    SENT = "sent"
-    DELIVERED = "delivered"
-    READ = "read"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-
-
-class MessageKind(enum.StrEnum):
-    TEMPLATE = "template"
-    TEXT = "text"
-
-
-class SuppressionSource(enum.StrEnum):
-    MANUAL = "manual"
-    OPT_OUT = "opt_out"
-    ERROR_131050 = "error_131050"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Base(DeclarativeBase):

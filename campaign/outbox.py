@@ -30,16 +30,8 @@ from sqlalchemy.orm import Session
 from campaign import campaigns as campaign_rules
 from campaign import policy
 from campaign.db import Database
-from campaign.models import (
-    Campaign,
-    CampaignState,
-    Contact,
-    Message,
-    MessageState,
-    SendLane,
-    SendSlots,
-    Suppression,
-)
+from campaign.models import Campaign, Contact, Message, SendLane, SendSlots, Suppression
+from campaign.states import CampaignState, MessageState
 from campaign.payloads import MessageSpec
 
 GRACE = timedelta(minutes=10)

@@ -71,18 +71,9 @@ from sqlalchemy.orm import Session
 from campaign import campaigns
 from campaign.db import Database
 from campaign.errors import Action, rule_for
-from campaign.models import (
-    Campaign,
-    CampaignState,
-    Contact,
-    Message,
-    MessageState,
-    PendingStatus,
-    Suppression,
-    SuppressionSource,
-    WebhookEvent,
-    utcnow,
-)
+from campaign.clock import utcnow
+from campaign.models import Campaign, Contact, Message, PendingStatus, Suppression, WebhookEvent
+from campaign.states import CampaignState, MessageState, SuppressionSource
 from campaign.sql import batches, insert_ignore
 from campaign.statuses import STATUS_WORDS, Delivery, StatusError, StatusUpdate, merge, parse_callback_data
 from campaign.suppressions import suppress

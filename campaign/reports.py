@@ -79,7 +79,9 @@ from sqlalchemy import (
 from campaign import campaigns, errors
 from campaign.db import Database
 from campaign.exceptions import CampaignError
-from campaign.models import Campaign, Contact, Import, Message, MessageState, utcnow
+from campaign.clock import utcnow
+from campaign.models import Campaign, Contact, Import, Message
+from campaign.states import MessageState
 
 COLUMNS = ["phone", "wa_id", "status", "wamid", "error_code", "error_title", "sent_at", "delivered_at", "read_at", "failed_at"]
 TIME_COLUMNS = ("sent_at", "delivered_at", "read_at", "failed_at")

@@ -16,7 +16,9 @@ from campaign.db import Database
 from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from campaign.exceptions import CampaignError
 from campaign.graph import GraphClient, GraphError, Template, TransportError
-from campaign.models import Campaign, Message, MessageState, utcnow
+from campaign.clock import utcnow
+from campaign.models import Campaign, Message
+from campaign.states import MessageState
 from campaign.payloads import MessageSpec, template_payload
 
 

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from campaign.models import MessageState
+from campaign.states import MessageState
 
 SENT, DELIVERED, READ, FAILED, PLAYED = "sent", "delivered", "read", "failed", "played"
 STATUS_WORDS = frozenset({SENT, DELIVERED, READ, FAILED, PLAYED})

@@ -10,7 +10,9 @@ from sqlalchemy.orm import Session
 
 from campaign import csvfile, phone
 from campaign.exceptions import CampaignError
-from campaign.models import Suppression, SuppressionSource, utcnow
+from campaign.clock import utcnow
+from campaign.models import Suppression
+from campaign.states import SuppressionSource
 from campaign.sql import batches, insert_ignore
 
 

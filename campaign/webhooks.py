@@ -32,7 +32,8 @@ from starlette.routing import Route
 from campaign.config import Settings
 from campaign.db import Database, _one_line, is_sqlite
 from campaign.exceptions import CampaignError
-from campaign.models import WebhookEvent, utcnow
+from campaign.clock import utcnow
+from campaign.models import WebhookEvent
 from campaign.reconcile import DEFAULT_OPT_IN_WORDS, DEFAULT_OPT_OUT_WORDS, DEFAULT_ORPHAN_AFTER, reconcile_once
 from campaign.sql import insert_ignore
 

@@ -18,7 +18,8 @@ from campaign.contacts import ContactsEndpoint
 from campaign.db import Database
 from campaign.graph import GraphClient
 from campaign.importer import ImportOptions, import_file
-from campaign.models import Contact, utcnow
+from campaign.clock import utcnow
+from campaign.models import Contact
 from campaign.sandbox.server import BackgroundServer
 
 ROWS = "name,phone\nA,+4915123456789\nB,+447911123456\nC,+33612345678\n"

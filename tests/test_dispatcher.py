@@ -17,7 +17,8 @@ from dispatch_helpers import SENDER, TOKEN, campaign_row, dispatcher, phones, ru
 
 from campaign import campaigns  # noqa: E402
 from campaign.db import Database  # noqa: E402
-from campaign.models import Contact, Message, utcnow  # noqa: E402
+from campaign.clock import utcnow  # noqa: E402
+from campaign.models import Contact, Message  # noqa: E402
 from campaign.sandbox.config import SandboxConfig  # noqa: E402
 from campaign.sandbox.server import SandboxServer  # noqa: E402
 

@@ -18,18 +18,9 @@ from sqlalchemy import delete, select
 
 from campaign.config import Settings
 from campaign.db import Database
-from campaign.models import (
-    Campaign,
-    CampaignState,
-    Contact,
-    Message,
-    MessageState,
-    PendingStatus,
-    Suppression,
-    SuppressionSource,
-    WebhookEvent,
-    utcnow,
-)
+from campaign.clock import utcnow
+from campaign.models import Campaign, Contact, Message, PendingStatus, Suppression, WebhookEvent
+from campaign.states import CampaignState, MessageState, SuppressionSource
 from campaign.reconcile import reconcile_once, replay
 from campaign.statuses import callback_data
 from campaign.suppressions import suppress

@@ -19,7 +19,8 @@ from sqlalchemy import func, select, text
 from campaign.config import Settings
 from campaign.db import Database, create_db_engine
 from campaign.exceptions import CampaignError
-from campaign.models import Campaign, CampaignState, Contact, Message, MessageState, Suppression, WebhookEvent
+from campaign.models import Campaign, Contact, Message, Suppression, WebhookEvent
+from campaign.states import CampaignState, MessageState
 from campaign.reconcile import reconcile_once
 from campaign.webhooks import MAX_BODY_BYTES, create_app, signature
 
