@@ -127,15 +127,15 @@ def seed(path: Path, rows: int) -> None:
 _CHILD = """
 import sys, time
 from campaign.db import Database
-from campaign import reports
+from campaign import chart, export, render, summary
 db = Database.open(sys.argv[1])
 start = time.perf_counter()
 {body}
 print(f"{{time.perf_counter() - start:.2f}}")
 """
-_REPORT = "result = reports.write_report(db, 'million', sys.argv[2], fmt=sys.argv[3])"
-_SUMMARY = "reports.format_summary(reports.summary(db, 'million'))"
-_CHART = "reports.write_chart(db, 'million', sys.argv[2])"
+_REPORT = "result = export.write_report(db, 'million', sys.argv[2], fmt=sys.argv[3])"
+_SUMMARY = "render.format_summary(summary.summary(db, 'million'))"
+_CHART = "chart.write_chart(db, 'million', sys.argv[2])"
 
 
 def measured(body: str, *args: str) -> tuple[float, float, float]:

@@ -1,9 +1,12 @@
-"""Campaigns: create, look up, and count their outbox."""
+"""Campaigns: create, look up, count their outbox, and move them through their states
+(the user's commands and the engine's own transitions: start when scheduled, pause for an
+error that dooms them, complete when nothing is left to send)."""
 
 from __future__ import annotations
 
 import re
 import string
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -14,6 +17,7 @@ from sqlalchemy.orm import Session
 from campaign.exceptions import CampaignError
 from campaign.clock import utcnow
 from campaign.models import Campaign, Message
+from campaign.payloads import MessageSpec
 from campaign.states import CampaignState, MessageState
 
 HEADER_TYPES = ("image", "video", "document")
@@ -201,3 +205,87 @@ def cancel(session: Session, campaign: Campaign, *, now: datetime | None = None)
         .values(state=MessageState.CANCELLED)
     )
     return result.rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+def sender_of(campaign_sender: str | None, default: str | None) -> str | None:
+    """The phone-number id a campaign sends from: its own, else WA_PHONE_NUMBER_ID; None without either."""
+    return campaign_sender or default
+
+
+def require_sender(campaign_sender: str | None, default: str | None) -> str:
+    found = sender_of(campaign_sender, default)
+    if found is None:
+        raise CampaignError(NO_SENDER)
+    return found
+
+
+NO_SENDER = "no sender: set WA_PHONE_NUMBER_ID for the workers, or create the campaign with --phone-number-id"
+
+
+# -- the engine's transitions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunningCampaign:
+    """What a worker needs of a running campaign, read once per poll."""
+
+    id: int
+    name: str
+    state: str
+    sender: str | None
+    spec: MessageSpec
+    marketing: bool
+    mps: int | None
+
+
+def running(session: Session, names: Sequence[str] | None, now: datetime) -> list[RunningCampaign]:
+    """Running campaigns (scheduled ones whose time came are started first)."""
+    due = select(Campaign).where(Campaign.state == CampaignState.SCHEDULED, Campaign.scheduled_at <= now)
+    for campaign in session.scalars(due):
+        campaign.state = CampaignState.RUNNING
+        campaign.launched_at = campaign.launched_at or now
+    query = select(Campaign).where(Campaign.state == CampaignState.RUNNING)
+    if names:
+        query = query.where(Campaign.name.in_(names))
+    return [_running(c) for c in session.scalars(query)]
+
+
+def complete_finished(session: Session, now: datetime) -> list[str]:
+    """Running campaigns with nothing queued or sending become `completed`."""
+    busy = select(Message.id).where(
+        Message.campaign_id == Campaign.id, Message.state.in_([MessageState.QUEUED, MessageState.SENDING])
+    )
+    done = list(session.scalars(select(Campaign).where(Campaign.state == CampaignState.RUNNING, ~busy.exists())))
+    for campaign in done:
+        campaign.state = CampaignState.COMPLETED
+        campaign.completed_at = now
+    return [c.name for c in done]
+
+
+def engine_pause_all(session: Session, campaign_ids: Iterable[int], reason: str, code: int | None, now: datetime) -> list[str]:
+    """`engine_pause` for each campaign; the names of those it paused."""
+    return [campaign.name for campaign in session.scalars(select(Campaign).where(Campaign.id.in_(list(campaign_ids))))
+            if engine_pause(session, campaign, reason, code, now=now)]
+
+
+def _running(campaign: Campaign) -> RunningCampaign:
+    return RunningCampaign(
+        id=campaign.id,
+        name=campaign.name,
+        state=campaign.state,
+        sender=campaign.phone_number_id,
+        spec=message_spec(campaign),
+        marketing=campaign.template_category == "marketing",
+        mps=campaign.mps,
+    )
+
+
+def message_spec(campaign: Campaign) -> MessageSpec:
+    return MessageSpec(
+        template_name=campaign.template_name,
+        template_language=campaign.template_language,
+        param_columns=tuple(campaign.param_columns),
+        text_body=campaign.text_body,
+        header_type=campaign.header_type,
+        header_link=campaign.header_link,
+    )

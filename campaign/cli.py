@@ -6,18 +6,16 @@ usage errors exit 2. Progress bars show on a terminal and stay quiet in pipes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -26,13 +24,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from campaign import campaigns, phone, sending, suppressions
+from campaign import campaigns, contacts, phone, sending, suppressions
 from campaign.config import RedactSecrets, Settings, load_settings
-from campaign.contacts import ContactsEndpoint
 from campaign.db import Database
-from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
+from campaign.dispatcher import DispatchStats
 from campaign.exceptions import CampaignError
-from campaign.graph import GraphClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 stderr = Console(stderr=True, highlight=False)
@@ -187,7 +183,7 @@ def import_(
 
     database = app.database()
     options = ImportOptions(phone_column, default_region, check_contacts, rejects_path)
-    endpoint = _contacts_endpoint(app.settings, database, name) if check_contacts else None
+    endpoint = contacts.endpoint_for(database, app.settings, name) if check_contacts else None
     with _progress("import") as progress:
         result = import_file(database, name, file, options, contacts_endpoint=endpoint, progress=progress)
     for warning in result.warnings:
@@ -200,15 +196,6 @@ def import_(
         click.echo(result.summary_line())
         if result.rejects_file:
             click.echo(f"rejected rows and their reasons: {result.rejects_file}", err=True)
-
-
-def _contacts_endpoint(settings: Settings, database: Database, name: str) -> ContactsEndpoint | None:
-    with database.read_session() as session:
-        phone_number_id = campaigns.get(session, name).phone_number_id or settings.phone_number_id
-    token = settings.access_token
-    if not token or not phone_number_id:
-        return None
-    return ContactsEndpoint(lambda: GraphClient(settings.api_base_url, settings.api_version, token), phone_number_id)
 
 
 @contextmanager
@@ -368,47 +355,20 @@ def _send_in_foreground(app: AppContext, database: Database, name: str) -> None:
         campaign_id = campaigns.get(session, name).id
     bar_update, bar_close = _send_progress(database, name, campaign_id)
     try:
-        stats, interrupted = _run_dispatcher(app, database, [name], exit_when_idle=True, on_progress=bar_update)
+        run = sending.run_worker(database, app.settings, campaigns_=[name], exit_when_idle=True, on_progress=bar_update,
+                                 handle_signals=True, pause_on_interrupt=True)
     finally:
         bar_close()
-    if interrupted:
-        with database.session() as session:
-            campaign = campaigns.get(session, name)
-            if campaign.state == "running":
-                campaigns.pause(session, campaign)
+    if run.interrupted:
         click.echo(f"paused campaign {name!r}; `campaign resume {name}` continues where it stopped", err=True)
     with database.read_session() as session:
         campaign = campaigns.get(session, name)
-    click.echo(f"campaign {name!r} is {campaign.state}: sent {stats.sent}, failed {stats.failed} by this run")
+    click.echo(f"campaign {name!r} is {campaign.state}: sent {run.stats.sent}, failed {run.stats.failed} by this run")
     if campaign.pause_reason:
         click.echo(f"paused by the engine: {campaign.pause_reason}", err=True)
-    from campaign import reports
+    from campaign import render, summary
 
-    click.echo(reports.format_summary(reports.summary(database, name)))
-
-
-def _run_dispatcher(
-    app: AppContext, database: Database, names: list[str] | None, *, exit_when_idle: bool,
-    on_progress: Callable[[DispatchStats], None] | None = None,
-) -> tuple[DispatchStats, bool]:
-    """Run one dispatcher until idle or a signal (SIGINT, SIGTERM): in-flight requests finish
-    and are recorded before it returns. Returns its figures and whether a signal stopped it."""
-    interrupted = False
-    dispatcher = Dispatcher(database, sending.client_factory(app.settings), DispatchConfig.from_settings(app.settings),
-                            on_progress=on_progress)
-
-    def stop() -> None:
-        nonlocal interrupted
-        interrupted = True
-        dispatcher.stop()
-
-    async def main_loop() -> DispatchStats:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop)
-        return await dispatcher.run(campaigns=names, exit_when_idle=exit_when_idle)
-
-    return asyncio.run(main_loop()), interrupted
+    click.echo(render.format_summary(summary.summary(database, name)))
 
 
 def _send_progress(database: Database, name: str, campaign_id: int) -> tuple[Callable[[DispatchStats], None], Callable[[], None]]:
@@ -475,7 +435,8 @@ def cancel(app: AppContext, name: str) -> None:
 @handle_errors
 def worker(app: AppContext, names: tuple[str, ...], exit_when_idle: bool) -> None:
     """The dispatcher: send every running campaign (any number of workers may run)."""
-    stats, _ = _run_dispatcher(app, app.database(), list(names) or None, exit_when_idle=exit_when_idle)
+    stats = sending.run_worker(app.database(), app.settings, campaigns_=list(names) or None,
+                               exit_when_idle=exit_when_idle, handle_signals=True).stats
     click.echo(f"worker stopped: sent {stats.sent}, failed {stats.failed}, retried {stats.retried}", err=True)
 
 
@@ -574,20 +535,21 @@ def reconcile(app: AppContext, replay: bool) -> None:
 def report(app: AppContext, name: str, statuses: str | None, fmt: str | None, output: str | None,
            show_summary: bool, as_json: bool, chart: str | None) -> None:
     """Per-recipient delivery report of campaign NAME, or its summary."""
-    from campaign import reports
+    from campaign import export, render, summary
+    from campaign.chart import write_chart
 
     database = app.database()
     if show_summary:
-        figures = reports.summary(database, name)
-        click.echo(json.dumps(figures.as_dict()) if as_json else reports.format_summary(figures))
+        figures = summary.summary(database, name)
+        click.echo(json.dumps(figures.as_dict()) if as_json else render.format_summary(figures))
     else:
-        fmt = fmt or (reports.format_for_path(output) if output and output != "-" else "csv")
-        target: Any = sys.stdout.buffer if output == "-" else (output or reports.default_path(name, fmt))
-        result = reports.write_report(database, name, target, statuses=reports.parse_statuses(statuses), fmt=fmt)
+        fmt = fmt or (export.format_for_path(output) if output and output != "-" else "csv")
+        target: Any = sys.stdout.buffer if output == "-" else (output or export.default_path(name, fmt))
+        result = export.write_report(database, name, target, statuses=export.parse_statuses(statuses), fmt=fmt)
         if output != "-":
             click.echo(f"wrote {result.rows} rows to {result.path}", err=True)
     if chart:
-        click.echo(f"chart: {reports.write_chart(database, name, chart)}", err=True)
+        click.echo(f"chart: {write_chart(database, name, chart)}", err=True)
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -599,7 +561,7 @@ def report(app: AppContext, name: str, statuses: str | None, fmt: str | None, ou
 def demo(folder: str | None) -> None:
     """The whole job on the embedded default: SQLite, the sandbox as Meta, webhooks, a report."""
     from campaign import demo as demo_run
-    from campaign import reports
+    from campaign import render
 
     live = _demo_progress()
     try:
@@ -607,7 +569,7 @@ def demo(folder: str | None) -> None:
     finally:
         live.close()
     click.echo(f"imported {result.imported.imported} recipients ({result.imported.rejected} rejected) from the sample file")
-    click.echo(reports.format_summary(result.summary))
+    click.echo(render.format_summary(result.summary))
     click.echo(f"\nreport: {result.report}\nchart:  {result.chart}\ndatabase: {result.folder / 'campaign.db'}")
 
 

@@ -1,4 +1,10 @@
-"""The contacts check: which numbers are not on WhatsApp, in layers (whatsapp-cloud-api.md).
+"""Contacts: what the engine knows of a person beyond one campaign, and the contacts check.
+
+The facts an error teaches (errors.consequence) are written here and only here, by the
+dispatcher and the reconciler alike: unreachable (131026) and the per-user marketing
+limit (131049). They only move forward: an older fact never overwrites a newer one.
+
+The contacts check: which numbers are not on WhatsApp, in layers (whatsapp-cloud-api.md).
 
 1. What the engine already knows: a number whose message failed with 131026, or a cached
    check that said `invalid` less than `RECHECK_AFTER` ago.
@@ -14,10 +20,13 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from campaign import campaigns
+from campaign.config import Settings
 from campaign.db import Database
 from campaign.exceptions import CampaignError
 from campaign.graph import ContactCheck, GraphClient, GraphError, TransportError
@@ -26,6 +35,22 @@ from campaign.sql import batches, insert_ignore
 
 RECHECK_AFTER = timedelta(days=7)
 BATCH = 500
+
+
+def remember_unreachable(session: Session, contact_ids: Iterable[int], at: datetime) -> None:
+    """A message to them failed with 131026 at `at` (not on WhatsApp, an old app, terms not accepted)."""
+    _move_forward(session, Contact.unreachable_at, contact_ids, at)
+
+
+def limit_marketing(session: Session, contact_ids: Iterable[int], until: datetime) -> None:
+    """131049: Meta takes no marketing message for them before `until`."""
+    _move_forward(session, Contact.marketing_limited_until, contact_ids, until)
+
+
+def _move_forward(session: Session, column: Any, contact_ids: Iterable[int], value: datetime) -> None:
+    for batch in batches(sorted(set(contact_ids))):
+        session.execute(update(Contact).where(Contact.id.in_(batch), or_(column.is_(None), column < value))
+                        .values({column: value}))
 
 
 @dataclass
@@ -42,6 +67,18 @@ class ContactsEndpoint:
 
     client_factory: Callable[[], GraphClient]
     phone_number_id: str
+
+
+def endpoint_for(db: Database, settings: Settings, campaign_name: str) -> ContactsEndpoint | None:
+    """Where a campaign's import asks the contacts endpoint: its sender, with the configured
+    token; None without either (the check then uses only what the engine knows)."""
+    with db.read_session() as session:
+        phone_number_id = campaigns.sender_of(campaigns.get(session, campaign_name).phone_number_id,
+                                              settings.phone_number_id)
+    token = settings.access_token
+    if not token or not phone_number_id:
+        return None
+    return ContactsEndpoint(lambda: GraphClient(settings.api_base_url, settings.api_version, token), phone_number_id)
 
 
 def check(

@@ -85,6 +85,10 @@ def check_encoding(f: io.BufferedReader, name: str) -> None:
         raise CampaignError(f"{name}: line {line} ends in the middle of a UTF-8 character; save the file as UTF-8") from None
 
 
+class NoPhoneColumn(CampaignError):
+    """The header names no phone column: for a list of numbers, the file may be one per line."""
+
+
 def _phone_column(columns: list[str], wanted: str | None, name: str) -> str:
     if wanted is not None:
         if wanted not in columns:
@@ -94,7 +98,7 @@ def _phone_column(columns: list[str], wanted: str | None, name: str) -> str:
     for candidate in PHONE_COLUMNS:
         if candidate in by_lower:
             return by_lower[candidate]
-    raise CampaignError(
+    raise NoPhoneColumn(
         f"{name}: no phone column in the header ({_listing(columns)}); "
         f"name it one of {', '.join(PHONE_COLUMNS)} or pass --phone-column"
     )

@@ -9,7 +9,6 @@ Everything runs in this process (the servers in threads), so nothing outlives it
 
 from __future__ import annotations
 
-import asyncio
 import importlib.resources
 import secrets
 import tempfile
@@ -19,15 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from campaign import campaigns, reports
+from campaign import campaigns, export, sending
+from campaign.chart import write_chart
 from campaign.config import Settings
 from campaign.db import Database
-from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
-from campaign.graph import GraphClient
-from campaign.importer import ImportOptions, ImportResult, import_file
+from campaign.dispatcher import DispatchStats
+from campaign.files import campaign_file
+from campaign.importer import ImportOptions, ImportResult, default_rejects_path, import_file
 from campaign.models import WebhookEvent
 from campaign.sandbox.config import SandboxConfig
 from campaign.sandbox.server import BackgroundServer, SandboxServer
+from campaign.summary import Summary, summary
 from campaign.webhooks import create_app
 
 NAME = "demo"
@@ -40,7 +41,7 @@ class DemoResult:
     folder: Path
     imported: ImportResult
     stats: DispatchStats
-    summary: reports.Summary
+    summary: Summary
     report: Path
     chart: Path
 
@@ -83,30 +84,26 @@ def run(
                     campaigns.create(session, campaigns.CampaignSpec(
                         NAME, "order_update", "en_US", ["first_name", "order_id"], category="utility"))
                 imported = import_file(db, NAME, sample_recipients(), ImportOptions(
-                    default_region="DE", rejects_path=folder / f"{NAME}-rejects.csv"))
+                    default_region="DE", rejects_path=folder / default_rejects_path(NAME)))
                 with db.session() as session:
                     campaigns.launch(session, campaigns.get(session, NAME))
                 stats = _send(db, settings, on_progress)
                 _settle(db, sandbox, settle_seconds, on_progress)
-        summary = reports.summary(db, NAME)
-        report = reports.write_report(db, NAME, folder / f"{NAME}-report.csv").path
-        chart = reports.write_chart(db, NAME, folder / f"{NAME}-chart.png", figures=summary)
+        figures = summary(db, NAME)
+        report = export.write_report(db, NAME, folder / export.default_path(NAME)).path
+        chart = write_chart(db, NAME, folder / campaign_file(NAME, "chart", ".png"), figures=figures)
         assert report is not None
-        return DemoResult(folder, imported, stats, summary, Path(report), Path(chart))
+        return DemoResult(folder, imported, stats, figures, Path(report), Path(chart))
     finally:
         db.close()
 
 
 def _send(db: Database, settings: Settings, on_progress: Callable[[str, dict[str, int]], None] | None) -> DispatchStats:
-    def factory(connections: int) -> GraphClient:
-        return GraphClient(settings.api_base_url, settings.api_version, settings.access_token or "", connections=connections)
-
     def progress(stats: DispatchStats) -> None:
         if on_progress is not None:
             on_progress("sending", _counts(db))
 
-    dispatcher = Dispatcher(db, factory, DispatchConfig.from_settings(settings), on_progress=progress)
-    return asyncio.run(dispatcher.run(campaigns=[NAME], exit_when_idle=True))
+    return sending.run_worker(db, settings, campaigns_=[NAME], exit_when_idle=True, on_progress=progress).stats
 
 
 def _settle(db: Database, sandbox: SandboxServer, limit: float,

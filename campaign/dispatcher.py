@@ -11,7 +11,8 @@ their own threads so SQLite lock waits never stall the sends.
 
 What happens to each outcome is the error table's decision (`campaign.errors`); what may be
 sent at all is the send policy's (`campaign.policy`); the statements are the outbox's
-(`campaign.outbox`).
+(`campaign.outbox`) and the lanes' (`campaign.lanes`). Time comes from the injected clock
+(`campaign.clock`): on a fake one, leases, retries and windows move when a test says so.
 """
 
 from __future__ import annotations
@@ -27,19 +28,18 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import update
-
-from campaign import errors, payloads, policy, statuses, suppressions
+from campaign import campaigns, errors, payloads, policy, statuses
+from campaign.campaigns import RunningCampaign
+from campaign.clock import SYSTEM, Clock
 from campaign.config import Settings
 from campaign.db import Database
-from campaign.limits import LocalGuard, guard_for
 from campaign.graph import Accepted, GraphClient, GraphError, NotSent, Uncertain
-from campaign.models import Contact
-from campaign.states import SuppressionSource
-from campaign.outbox import GRACE, Claimed, Outbox, Results, RunningCampaign
+from campaign.lanes import SendLanes
+from campaign.limits import LocalGuard, guard_for
+from campaign.outbox import GRACE, Claimed, Outbox, Results
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,9 +84,10 @@ class DispatchConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> DispatchConfig:
-        return cls(mps=settings.mps, pair_interval=settings.pair_interval, redis_url=settings.redis_url,
-                   daily_unique_limit=settings.daily_unique_limit, default_sender=settings.phone_number_id,
-                   lease=timedelta(seconds=settings.lease), grace=timedelta(seconds=settings.send_grace), **overrides)
+        return cls(**{"mps": settings.mps, "pair_interval": settings.pair_interval, "redis_url": settings.redis_url,
+                      "daily_unique_limit": settings.daily_unique_limit, "default_sender": settings.phone_number_id,
+                      "lease": timedelta(seconds=settings.lease), "grace": timedelta(seconds=settings.send_grace),
+                      **overrides})
 
 
 @dataclass
@@ -115,10 +116,6 @@ class _Block:
     rate: float
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 class Dispatcher:
     """One worker. `run()` until stopped, or until idle with `exit_when_idle`."""
 
@@ -131,12 +128,15 @@ class Dispatcher:
         worker_id: str | None = None,
         on_progress: Callable[[DispatchStats], None] | None = None,
         rng: random.Random | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.db = db
         self.config = config
         self.client_factory = client_factory
+        self.clock = clock
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self) & 0xFFFF:x}"
         self.outbox = Outbox(db, self.worker_id, lease=config.lease)
+        self.lanes = SendLanes(db, self.worker_id)
         self.on_progress = on_progress
         self.rng = rng or random.Random()
         self.stats = DispatchStats()
@@ -171,20 +171,20 @@ class Dispatcher:
                   stop: asyncio.Event | None = None) -> DispatchStats:
         names = list(campaigns) if campaigns else None
         self._client = self.client_factory(max(MIN_CONNECTIONS, math.ceil(self.config.mps * LATENCY_BUDGET)))
-        last_recover = 0.0
+        last_recover: float | None = None
         try:
             while not self._stop.is_set() and not (stop is not None and stop.is_set()):
-                now = utcnow()
-                if time.monotonic() - last_recover >= self.config.recover_every:
+                now = self.clock.now()
+                if last_recover is None or self.clock.time() - last_recover >= self.config.recover_every:
                     await self._recover(now)
-                    last_recover = time.monotonic()
+                    last_recover = self.clock.time()
                 await self._refresh(names, now)
                 await self._claim(now)
                 await self._flush()
                 if self.on_progress is not None:
                     self.on_progress(self.stats)
                 if exit_when_idle and self._idle() and not await self._db(self.outbox.has_pending_work, names):
-                    self.stats.completed += await self._db(self.outbox.complete_finished, utcnow())
+                    self.stats.completed += await self._db(self._complete_finished, self.clock.now())
                     break
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
@@ -213,14 +213,25 @@ class Dispatcher:
         never_left, expired = await self._db(self.outbox.recover, now, self.config.grace)
         if never_left or expired:
             log.info("re-queued %d expired claims and %d in-doubt messages past the grace period", never_left, expired)
-        self.stats.completed += await self._db(self.outbox.complete_finished, now)
+        self.stats.completed += await self._db(self._complete_finished, now)
+
+    def _complete_finished(self, now: datetime) -> list[str]:
+        with self.db.session() as session:
+            return campaigns.complete_finished(session, now)
+
+    def _running(self, names: list[str] | None, now: datetime) -> list[RunningCampaign]:
+        with self.db.session() as session:
+            return campaigns.running(session, names, now)
+
+    def _pause(self, campaign_ids: list[int], reason: str, code: int | None, now: datetime) -> list[str]:
+        with self.db.session() as session:
+            return campaigns.engine_pause_all(session, campaign_ids, reason, code, now)
 
     async def _refresh(self, names: list[str] | None, now: datetime) -> None:
-        running = await self._db(self.outbox.active_campaigns, names, now)
-        senderless = [c for c in running if not (c.sender or self.config.default_sender)]
+        running = await self._db(self._running, names, now)
+        senderless = [c for c in running if campaigns.sender_of(c.sender, self.config.default_sender) is None]
         if senderless:
-            reason = "no sender: set WA_PHONE_NUMBER_ID for the workers, or create the campaign with --phone-number-id"
-            self.stats.paused += await self._db(self.outbox.pause_campaigns, [c.id for c in senderless], reason, None, now)
+            self.stats.paused += await self._db(self._pause, [c.id for c in senderless], campaigns.NO_SENDER, None, now)
             running = [c for c in running if c not in senderless]
         self._campaigns = {c.id: c for c in running}
         stopped = []
@@ -230,7 +241,7 @@ class Dispatcher:
             queue.clear()
             queue.extend(keep)
         if stopped:
-            await self._db(self.outbox.release_all, stopped, now)
+            await self._db(self.outbox.return_unsent, stopped, now)
         for sender in {self._sender(c) for c in running}:
             if sender not in self._senders or self._senders[sender].done():
                 self._queues.setdefault(sender, deque())
@@ -238,9 +249,7 @@ class Dispatcher:
                 self._senders[sender] = asyncio.create_task(self._send_loop(sender), name=f"send {sender}")
 
     def _sender(self, campaign: RunningCampaign) -> str:
-        sender = campaign.sender or self.config.default_sender
-        assert sender, "campaigns without a sender are paused by _refresh"
-        return sender
+        return campaigns.require_sender(campaign.sender, self.config.default_sender)  # senderless ones were paused
 
     def _cap(self, sender: str) -> float:
         caps = [c.mps for c in self._campaigns.values() if c.mps and self._sender(c) == sender]
@@ -288,7 +297,7 @@ class Dispatcher:
                     # database) is given up, not used: that second may belong to another
                     # worker now. When the block has no slot left, the rest of its messages
                     # (already marked in flight) get new slots in a coming block.
-                    slot = max(slot, math.ceil((time.time() - LATE_TOLERANCE - block.start) * block.rate))
+                    slot = max(slot, math.ceil((self.clock.time() - LATE_TOLERANCE - block.start) * block.rate))
                     if slot >= len(block.messages):
                         self._carry[sender].extend(block.messages[position:])
                         break
@@ -297,8 +306,8 @@ class Dispatcher:
                     # and a send that overslept is followed at once by any slot now due.
                     due = block.start + slot / block.rate
                     slot += 1
-                    if (delay := due - time.time()) > 0:
-                        await asyncio.sleep(delay)
+                    if (delay := due - self.clock.time()) > 0:
+                        await self.clock.sleep(delay)
                     if message.campaign_id not in self._campaigns:
                         await self._unmark([message.id])
                         continue
@@ -330,13 +339,13 @@ class Dispatcher:
             return None
         await self._shared_guard.acquire(sender, len(ready) + len(fresh))
         # Slots start a little ahead, so marking the block in flight never makes them late.
-        start, rate = await self._db_now(self.outbox.reserve_slots, sender, len(ready) + len(fresh), cap * PACE,
-                                         time.time() + SLOT_LEAD)
+        start, rate = await self._db_now(self.lanes.reserve, sender, len(ready) + len(fresh), cap * PACE,
+                                         self.clock.time() + SLOT_LEAD)
         self._share[sender] = rate
         if fresh:
             ids = [m.id for m in fresh]
             self._marked.update(ids)
-            marked = await self._db_now(self.outbox.mark_in_flight, ids, utcnow())
+            marked = await self._db_now(self.outbox.mark_in_flight, ids, self.clock.now())
             self._marked.difference_update(set(ids) - marked)
             if len(marked) < len(ids):
                 log.warning("%d claimed messages were no longer ours (lease expired): not sent by this worker",
@@ -347,12 +356,12 @@ class Dispatcher:
     async def _unmark(self, ids: list[int]) -> None:
         if ids:
             self._marked.difference_update(ids)
-            await self._db(self.outbox.return_unsent, ids, utcnow())
+            await self._db(self.outbox.return_unsent, ids, self.clock.now())
 
     async def _still_running(self, block: list[Claimed]) -> list[Claimed]:
         gone = [m.id for m in block if m.campaign_id not in self._campaigns]
         if gone:
-            await self._db(self.outbox.release_all, gone, utcnow())
+            await self._db(self.outbox.return_unsent, gone, self.clock.now())
         return [m for m in block if m.campaign_id in self._campaigns]
 
     async def _send_one(self, sender: str, message: Claimed) -> None:
@@ -370,7 +379,7 @@ class Dispatcher:
             self.stats.in_doubt += 1
             self._results.in_doubt.append(message.id)
         except NotSent as exc:
-            self._retry(message, f"could not connect to the Graph API ({exc})", None)
+            await self._apply(sender, campaign, message, errors.NOT_SENT, None, f"{errors.NOT_SENT.meaning} ({exc})", None)
         else:
             self._sent(message, accepted)
         if len(self._results) >= 200:
@@ -384,78 +393,56 @@ class Dispatcher:
 
     def _sent(self, message: Claimed, accepted: Accepted) -> None:
         self.stats.sent += 1
-        self._results.add_sent(message.id, message.contact_id, accepted.wamid, accepted.wa_id, utcnow(),
+        self._results.add_sent(message.id, message.contact_id, accepted.wamid, accepted.wa_id, self.clock.now(),
                                self.config.pair_interval)
-
-    def _retry(self, message: Claimed, title: str, code: int | None, *, after: float | None = None) -> None:
-        attempts = message.attempts + 1
-        if attempts >= policy.MAX_TRANSIENT_ATTEMPTS:
-            self._fail(message, code, f"{title} (gave up after {attempts} attempts)", None)
-            return
-        delay = max(policy.transient_backoff(attempts, self.rng, base=self.config.retry_base), after or 0.0)
-        self.stats.retried += 1
-        self._results.add_retry(message.id, message.contact_id, utcnow() + timedelta(seconds=delay), code=code, title=title)
-
-    def _fail(self, message: Claimed, code: int | None, title: str, details: str | None) -> None:
-        self.stats.failed += 1
-        self._results.add_failed(message.id, message.contact_id, code, title, details, utcnow())
 
     async def _failed(self, sender: str, campaign: RunningCampaign, message: Claimed, error: GraphError) -> None:
         rule = errors.rule_for(error.code, error.http_status)
-        title = error.message
-        action = rule.action
-        if action is errors.Action.SLOW_DOWN:
+        await self._apply(sender, campaign, message, rule, error.code, error.message, error.details, error=error)
+
+    async def _apply(self, sender: str, campaign: RunningCampaign, message: Claimed, rule: errors.ErrorRule,
+                     code: int | None, title: str, details: str | None, *, error: GraphError | None = None) -> None:
+        """Do what the error table says an error answered to this send does."""
+        what = errors.consequence(rule, source=errors.Source.SEND, attempts=message.attempts + 1,
+                                  pair_hits=message.pair_hits, rng=self.rng, retry_base=self.config.retry_base)
+        now = self.clock.now()
+        if what.slow_sender:
             self.stats.throttled += 1
-            await self._db(self.outbox.slow_down, sender, self._cap(sender), time.time())
-            self._results.add_retry(message.id, message.contact_id, utcnow() + timedelta(seconds=1), code=error.code, title=title)
-        elif action is errors.Action.RETRY_RECIPIENT_LATER:
-            hits = message.pair_hits + 1
-            if hits > policy.MAX_PAIR_RETRIES:
-                self._fail(message, error.code, title, error.details)
-            else:
-                self.stats.retried += 1
-                due = utcnow() + timedelta(seconds=policy.pair_backoff(hits))
-                self._results.add_retry(message.id, message.contact_id, due, pair_hit=True, code=error.code, title=title)
-        elif action is errors.Action.RETRY:
-            self._retry(message, title, error.code, after=rule.retry_after)
-        elif action in (errors.Action.PAUSE_CAMPAIGN, errors.Action.PAUSE_ALL):
-            self._results.add_retry(message.id, message.contact_id, utcnow(), code=error.code, title=title)
-            if action is errors.Action.PAUSE_ALL:
-                ids = [c.id for c in self._campaigns.values() if self._sender(c) == sender]
-            else:
-                ids = [campaign.id]
-            reason = f"Meta error {error.code}: {rule.meaning} ({error}); {rule.advice}"
-            paused = await self._db(self.outbox.pause_campaigns, ids, reason, error.code, utcnow())
-            for name in paused:
-                log.error("paused campaign %r: %s", name, reason)
-            self.stats.paused += paused
-            for campaign_id in ids:
-                self._campaigns.pop(campaign_id, None)
-            self._wake.set()
-        elif rule.no_resend_for and message.attempts + 1 < policy.MAX_TRANSIENT_ATTEMPTS:
-            # 131049: Meta's per-user marketing limit; try again no sooner than it allows.
-            await self._db(self._limit_contact, message.contact_id, rule.no_resend_for)
+            await self._db(self.lanes.slow_down, sender, self._cap(sender), self.clock.time())
+        if what.fate is errors.Fate.RETRY:
             self.stats.retried += 1
-            self._results.add_retry(message.id, message.contact_id, utcnow() + timedelta(seconds=rule.no_resend_for), code=error.code, title=title)
+            self._results.add_retry(message.id, message.contact_id, now + timedelta(seconds=what.retry_after),
+                                    pair_hit=what.pair_hit, code=code, title=title)
+        elif what.fate is errors.Fate.HOLD:
+            self._results.add_retry(message.id, message.contact_id, now, code=code, title=title)
         else:
-            self._fail(message, error.code, title, error.details)
-            if rule.unreachable:
-                await self._db(self._mark_unreachable, message.contact_id)
-            if action is errors.Action.FAIL_AND_SUPPRESS:
-                await self._db(self._suppress, message.phone, error.code)
+            if what.gave_up and rule.action is errors.Action.RETRY:
+                title = f"{title} (gave up after {message.attempts + 1} attempts)"
+            self.stats.failed += 1
+            self._results.add_failed(message.id, message.contact_id, code, title, details, now)
+        if what.unreachable:
+            self._results.unreachable[message.contact_id] = now
+        if what.limit_marketing_for:
+            self._results.marketing_limited[message.contact_id] = now + timedelta(seconds=what.limit_marketing_for)
+        if what.suppress:
+            self._results.suppress[message.phone] = f"Meta error {code}: {rule.meaning}"
+        if what.pause is not None:
+            await self._pause_for(sender, campaign, what.pause, rule, code, error)
 
-    def _limit_contact(self, contact_id: int, seconds: float) -> None:
-        with self.db.session() as session:
-            session.execute(update(Contact).where(Contact.id == contact_id)
-                            .values(marketing_limited_until=utcnow() + timedelta(seconds=seconds)))
-
-    def _mark_unreachable(self, contact_id: int) -> None:
-        with self.db.session() as session:
-            session.execute(update(Contact).where(Contact.id == contact_id).values(unreachable_at=utcnow()))
-
-    def _suppress(self, phone: str, code: int | None) -> None:
-        with self.db.session() as session:
-            suppressions.suppress(session, [phone], reason=f"Meta error {code}", source=SuppressionSource.ERROR_131050)
+    async def _pause_for(self, sender: str, campaign: RunningCampaign, pause: errors.Pause, rule: errors.ErrorRule,
+                         code: int | None, error: GraphError | None) -> None:
+        if pause is errors.Pause.SENDER:
+            ids = [c.id for c in self._campaigns.values() if self._sender(c) == sender]
+        else:
+            ids = [campaign.id]
+        reason = f"Meta error {code}: {rule.meaning} ({error}); {rule.advice}"
+        paused = await self._db(self._pause, ids, reason, code, self.clock.now())
+        for name in paused:
+            log.error("paused campaign %r: %s", name, reason)
+        self.stats.paused += paused
+        for campaign_id in ids:
+            self._campaigns.pop(campaign_id, None)
+        self._wake.set()
 
     # -- results and shutdown ----------------------------------------------------------------
 
@@ -476,10 +463,10 @@ class Dispatcher:
         await self._unmark(list(self._marked))
         unsent = [m.id for queue in self._queues.values() for m in queue]
         if unsent:
-            await self._db(self.outbox.release_all, unsent, utcnow())
+            await self._db(self.outbox.return_unsent, unsent, self.clock.now())
         for queue in self._queues.values():
             queue.clear()
-        await self._db(self.outbox.release_lanes)  # after the results: a lane not released just expires
+        await self._db(self.lanes.release)  # after the results: a lane not released just expires
         if self._client is not None:
             await self._client.aclose()
         self._local_guard.close()

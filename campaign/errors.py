@@ -1,15 +1,20 @@
-"""Meta's Graph error codes and what each means for the engine: one table, read by the
-dispatcher (what to do with a failed send), the reconciler (a `failed` status webhook) and
-the report (what a failure means and what to do about it).
+"""Meta's Graph error codes and what each means for the engine: one table, and one function
+(`consequence`) that says what an error does to the message, the contact, the campaign and
+the sender. The dispatcher (an error answered to a send) and the reconciler (a `failed`
+status webhook) both apply what it says, and the report reads the table for what a
+failure means and what to do about it.
 
 Source: whatsapp-cloud-api.md, "Error codes" (Meta's error-code reference). Branch on the
-code, never on the message text. Pure data and lookups, no I/O.
+code, never on the message text. Pure data and rules, no I/O.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from enum import StrEnum
+
+from campaign import policy
 
 
 class Action(StrEnum):
@@ -19,6 +24,9 @@ class Action(StrEnum):
     """Throughput exceeded: retry, and slow the whole sender down."""
     RETRY_RECIPIENT_LATER = "retry_recipient_later"
     """Pair rate: this recipient later (4^x s); others go on."""
+    WAIT = "wait"
+    """Meta holds this recipient for a while (`no_resend_for`): try again after it, a
+    bounded number of times; no message of the kind goes to them meanwhile."""
     FAIL = "fail"
     """Permanent for this message."""
     FAIL_AND_SUPPRESS = "fail_and_suppress"
@@ -81,7 +89,7 @@ RULES: tuple[ErrorRule, ...] = (
               "fix the payment method in Business Settings"),
     ErrorRule((131047,), "more than 24 hours since the customer last replied: free-form refused", Action.FAIL,
               "send a template instead (the engine should never cause this)"),
-    ErrorRule((131049,), "Meta's per-user marketing limit", Action.FAIL,
+    ErrorRule((131049,), "Meta's per-user marketing limit", Action.WAIT,
               "do not resend marketing to this user within 24 hours", no_resend_for=DAY),
     ErrorRule((131050,), "the user stopped marketing messages from this business", Action.FAIL_AND_SUPPRESS,
               "the number is suppressed"),
@@ -105,6 +113,8 @@ _BY_CODE: dict[int, ErrorRule] = {code: rule for rule in RULES for code in rule.
 UNKNOWN_ERROR = ErrorRule((), "an error the engine does not know", Action.FAIL,
                           "look the code up in Meta's error-code reference")
 TRANSIENT_HTTP = ErrorRule((), "the Graph API answered with a server error", Action.RETRY, "retried automatically")
+NOT_SENT = ErrorRule((), "could not connect to the Graph API", Action.RETRY, "retried automatically")
+"""No connection was had, so the request never left: safe to send again."""
 
 
 def rule_for(code: int | None, http_status: int | None = None) -> ErrorRule:
@@ -114,3 +124,90 @@ def rule_for(code: int | None, http_status: int | None = None) -> ErrorRule:
     if http_status is not None and (http_status >= 500 or http_status == 429):
         return TRANSIENT_HTTP
     return UNKNOWN_ERROR
+
+
+# -- what an error does ----------------------------------------------------------------------
+
+
+class Source(StrEnum):
+    SEND = "send"
+    """Meta answered the send request with the error: it did not accept the message."""
+    STATUS = "status"
+    """A `failed` status webhook: Meta had accepted the message and could not deliver it."""
+
+
+class Fate(StrEnum):
+    RETRY = "retry"
+    """Back to the queue, due `retry_after` seconds from the error."""
+    HOLD = "hold"
+    """Back to the queue as it was (not counted as a failed attempt): the campaign or the
+    sender pauses, and the message goes when it is resumed."""
+    FAIL = "fail"
+
+
+class Pause(StrEnum):
+    CAMPAIGN = "campaign"
+    SENDER = "sender"
+    """Every campaign of the sender number, on every worker."""
+
+
+@dataclass(frozen=True)
+class Consequence:
+    rule: ErrorRule
+    fate: Fate
+    retry_after: float = 0.0
+    gave_up: bool = False
+    """A retryable error that came once too often: the message fails."""
+    pair_hit: bool = False
+    """131056: the recipient stays held until the retry (Meta: back off that recipient)."""
+    slow_sender: bool = False
+    unreachable: bool = False
+    """The contact is remembered as unreachable (131026)."""
+    suppress: bool = False
+    """The number goes on the suppression list (131050)."""
+    limit_marketing_for: float | None = None
+    """No marketing to the contact for this many seconds (131049)."""
+    pause: Pause | None = None
+
+
+def consequence(
+    rule: ErrorRule,
+    *,
+    source: Source,
+    attempts: int,
+    pair_hits: int = 0,
+    rng: random.Random | None = None,
+    retry_base: float = 2.0,
+) -> Consequence:
+    """What `rule`'s error does, for a message tried `attempts` times (this one included)
+    and refused `pair_hits` times before for the pair rate.
+
+    A message Meta had accepted (`Source.STATUS`) is final when it fails: the engine never
+    sends again what Meta accepted (a resend could race the old message's late statuses).
+    The contact, campaign and sender effects are the same from either source."""
+    effects = {"unreachable": rule.unreachable, "suppress": rule.action is Action.FAIL_AND_SUPPRESS,
+               "limit_marketing_for": rule.no_resend_for}
+    action = rule.action
+    if action in (Action.PAUSE_CAMPAIGN, Action.PAUSE_ALL):
+        pause = Pause.SENDER if action is Action.PAUSE_ALL else Pause.CAMPAIGN
+        fate = Fate.HOLD if source is Source.SEND else Fate.FAIL
+        return Consequence(rule, fate, pause=pause, **effects)
+    if source is Source.STATUS or action in (Action.FAIL, Action.FAIL_AND_SUPPRESS):
+        return Consequence(rule, Fate.FAIL, **effects)
+    if action is Action.WAIT:
+        # 131049: Meta's per-user marketing limit; try again no sooner than it allows.
+        if attempts < policy.MAX_TRANSIENT_ATTEMPTS:
+            return Consequence(rule, Fate.RETRY, retry_after=rule.no_resend_for or 0.0, **effects)
+        return Consequence(rule, Fate.FAIL, gave_up=True, **effects)
+    if action is Action.SLOW_DOWN:
+        return Consequence(rule, Fate.RETRY, retry_after=1.0, slow_sender=True, **effects)
+    if action is Action.RETRY_RECIPIENT_LATER:
+        hits = pair_hits + 1
+        if hits > policy.MAX_PAIR_RETRIES:
+            return Consequence(rule, Fate.FAIL, gave_up=True, **effects)
+        return Consequence(rule, Fate.RETRY, retry_after=policy.pair_backoff(hits), pair_hit=True, **effects)
+    # Action.RETRY: transient; exponential backoff with jitter, a bounded number of times.
+    if attempts >= policy.MAX_TRANSIENT_ATTEMPTS:
+        return Consequence(rule, Fate.FAIL, gave_up=True, **effects)
+    delay = max(policy.transient_backoff(attempts, rng, base=retry_base), rule.retry_after or 0.0)
+    return Consequence(rule, Fate.RETRY, retry_after=delay, **effects)

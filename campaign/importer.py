@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -29,7 +29,7 @@ from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from campaign import campaigns, contacts, csvfile, phone
+from campaign import campaigns, contacts, csvfile, files, phone
 from campaign.db import Database
 from campaign.exceptions import CampaignError
 from campaign.clock import utcnow
@@ -96,7 +96,8 @@ class ImportOptions:
 
 
 def default_rejects_path(campaign_name: str) -> Path:
-    return Path(re.sub(r"[^\w.-]+", "_", campaign_name).strip("._") + "-rejects.csv")
+    """`NAME-rejects.csv` in the current folder."""
+    return files.campaign_file(campaign_name, "rejects", ".csv")
 
 
 def import_file(
@@ -129,9 +130,14 @@ def import_file(
         result.warnings.extend(check.warnings)
 
     rejects_path = Path(options.rejects_path) if options.rejects_path else default_rejects_path(campaign.name)
-    rejects = _RejectsWriter(rejects_path, layout.columns)
     try:
-        with db.session() as session:
+        # Leaving in reverse order: the session commits, the rejects file closes, and only then
+        # does it take its name (a rolled-back import leaves none).
+        with (
+            files.atomic_path(rejects_path) as temp,
+            closing(_RejectsWriter(rejects_path, temp, layout.columns)) as rejects,
+            db.session() as session,
+        ):
             campaign = _importable(session, campaign_name)
             record = Import(campaign_id=campaign.id, file=str(layout.path), started_at=now)
             session.add(record)
@@ -155,13 +161,10 @@ def import_file(
                          "not_on_whatsapp", "missing_param", "us_numbers", "rejects_file"):
                 setattr(record, name, getattr(result, name))
             record.finished_at = utcnow()
-        rejects.commit()
     except IntegrityError:
         raise CampaignError(
             f"campaign {campaign_name!r} changed while {layout.path} was imported (another import at the same time?); nothing was imported, run it again"
         ) from None
-    finally:
-        rejects.discard()
     result.warnings.extend(_us_warnings(campaign, result.us_numbers))
     return result
 
@@ -439,13 +442,14 @@ _STAGED_MESSAGES = text(
 
 
 class _RejectsWriter:
-    """Rejected rows with their reason, written beside the target and renamed after the commit."""
+    """Rejected rows with their reason, into `temp` (`files.atomic_path` beside `path`), which
+    is created at the first rejected row: an import without rejects writes no file."""
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    def __init__(self, path: Path, temp: Path, columns: list[str]) -> None:
         self.path = path
         self.columns = columns
         self.count = 0
-        self._temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        self._temp = temp
         self._file = None
         self._writer: csv.writer | None = None  # type: ignore[valid-type]
 
@@ -460,15 +464,8 @@ class _RejectsWriter:
         self._writer.writerow([line, reason.value, detail, *values])
         self.count += 1
 
-    def commit(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            os.replace(self._temp, self.path)
-            self._file = None
-
-    def discard(self) -> None:
+    def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._temp.unlink(missing_ok=True)
 

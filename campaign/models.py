@@ -138,7 +138,7 @@ class Contact(Base):
     opted_out_at: Mapped[datetime | None]
     opted_in_at: Mapped[datetime | None]
     """The latest opt-in (START, or marketing resumed): an opt-out older than it is void,
-    so STOP and START arriving in either order end the same (reconcile.py)."""
+    so STOP and START arriving in either order end the same (inbound.py)."""
     next_send_at: Mapped[datetime | None]
     """The pair limit, across campaigns and workers: a claim reserves the contact until here."""
 

@@ -15,40 +15,34 @@ The lifecycle of one message, and why it is safe:
   mid-request, or the request timed out): it waits for a status webhook carrying its
   callback data (the reconciler then sets its wamid), and only after the grace period with
   no webhook is it queued again. That is the at-most-once guarantee.
+
+Every statement takes the time as `now` from its caller's clock (campaign.clock): nothing
+here reads the wall clock, so leases, grace periods and due times are tested exactly.
+The contact facts and suppressions an error taught are written through the modules that
+own them (`contacts`, `suppressions`), in the same transaction as the message's result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, overload
+from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, or_, select, text, update
+from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from campaign import campaigns as campaign_rules
-from campaign import policy
+from campaign import contacts, policy, suppressions
+from campaign.campaigns import RunningCampaign
 from campaign.db import Database
-from campaign.models import Campaign, Contact, Message, SendLane, SendSlots, Suppression
-from campaign.states import CampaignState, MessageState
-from campaign.payloads import MessageSpec
+from campaign.models import Campaign, Contact, Message, Suppression
+from campaign.sql import MESSAGING_LIMIT_LOCK, advisory_lock
+from campaign.states import CampaignState, MessageState, SuppressionSource
 
 GRACE = timedelta(minutes=10)
 """How long an in-doubt message waits for a webhook before it may be sent again."""
 PAIR_MARGIN = 0.25
 """Seconds added to the pair interval: arrival times at Meta jitter around send times."""
-
-
-@dataclass(frozen=True)
-class RunningCampaign:
-    id: int
-    name: str
-    state: str
-    sender: str | None
-    spec: MessageSpec
-    marketing: bool
-    mps: int | None
 
 
 @dataclass
@@ -75,9 +69,16 @@ class Results:
     retry: list[dict[str, Any]] = field(default_factory=list)
     in_doubt: list[int] = field(default_factory=list)
     released: list[int] = field(default_factory=list)
+    unreachable: dict[int, datetime] = field(default_factory=dict)
+    """Contact id -> when a message to it failed with 131026."""
+    marketing_limited: dict[int, datetime] = field(default_factory=dict)
+    """Contact id -> no marketing to it before then (131049)."""
+    suppress: dict[str, str] = field(default_factory=dict)
+    """Number -> why it goes on the suppression list (131050)."""
 
     def __len__(self) -> int:
-        return len(self.sent) + len(self.failed) + len(self.retry) + len(self.in_doubt) + len(self.released)
+        return (len(self.sent) + len(self.failed) + len(self.retry) + len(self.in_doubt) + len(self.released)
+                + len(self.unreachable) + len(self.marketing_limited) + len(self.suppress))
 
     def add_sent(self, message_id: int, contact_id: int, wamid: str, wa_id: str | None, at: datetime, pair_interval: float) -> None:
         self.sent.append({
@@ -105,20 +106,6 @@ class Outbox:
         self.worker_id = worker_id
         self.lease = lease
 
-    # -- campaigns ---------------------------------------------------------------------------
-
-    def active_campaigns(self, names: Sequence[str] | None, now: datetime) -> list[RunningCampaign]:
-        """Running campaigns (scheduled ones whose time came are started first)."""
-        with self.db.session() as session:
-            due = select(Campaign).where(Campaign.state == CampaignState.SCHEDULED, Campaign.scheduled_at <= now)
-            for campaign in session.scalars(due):
-                campaign.state = CampaignState.RUNNING
-                campaign.launched_at = campaign.launched_at or now
-            query = select(Campaign).where(Campaign.state == CampaignState.RUNNING)
-            if names:
-                query = query.where(Campaign.name.in_(names))
-            return [_running(c) for c in session.scalars(query)]
-
     def has_pending_work(self, names: Sequence[str] | None) -> bool:
         """Whether a running or scheduled campaign still has a message to send or settle."""
         with self.db.read_session() as session:
@@ -135,26 +122,6 @@ class Outbox:
             if names:
                 scheduled = scheduled.where(Campaign.name.in_(names))
             return session.scalar(query) is not None or session.scalar(scheduled) is not None
-
-    def complete_finished(self, now: datetime) -> list[str]:
-        """Running campaigns with nothing queued or sending become `completed`."""
-        with self.db.session() as session:
-            busy = select(Message.id).where(
-                Message.campaign_id == Campaign.id, Message.state.in_([MessageState.QUEUED, MessageState.SENDING])
-            )
-            done = list(session.scalars(select(Campaign).where(Campaign.state == CampaignState.RUNNING, ~busy.exists())))
-            for campaign in done:
-                campaign.state = CampaignState.COMPLETED
-                campaign.completed_at = now
-            return [c.name for c in done]
-
-    def pause_campaigns(self, campaign_ids: Iterable[int], reason: str, code: int | None, now: datetime) -> list[str]:
-        with self.db.session() as session:
-            paused = []
-            for campaign in session.scalars(select(Campaign).where(Campaign.id.in_(list(campaign_ids)))):
-                if campaign_rules.engine_pause(session, campaign, reason, code, now=now):
-                    paused.append(campaign.name)
-            return paused
 
     # -- claim -------------------------------------------------------------------------------
 
@@ -173,9 +140,9 @@ class Outbox:
             return []
         with self.db.session() as session:
             postgres = session.get_bind().dialect.name == "postgresql"
-            if postgres and daily_unique_limit is not None:
+            if daily_unique_limit is not None:
                 # One claim at a time counts the messaging-limit budget, across hosts.
-                session.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
+                advisory_lock(session, MESSAGING_LIMIT_LOCK)
             candidates = (
                 select(Message.id)
                 .join(Contact, Contact.id == Message.contact_id)
@@ -235,9 +202,9 @@ class Outbox:
                 .returning(Contact.id)
             )
         )
-        budget = policy.budget_left(daily_unique_limit, self._reached_outside_window(session, now) if daily_unique_limit else 0)
+        budget = policy.budget_left(daily_unique_limit, _reached_count(session, now) if daily_unique_limit else 0)
         # People already reached in the moving 24 hours cost the messaging limit nothing more.
-        already = self._reached_outside_window(session, now, contact_ids) if daily_unique_limit else set()
+        already = _reached_among(session, now, contact_ids) if daily_unique_limit else set()
         claimed: list[Claimed] = []
         seen_contacts: set[int] = set()
         release: list[dict[str, Any]] = []
@@ -291,22 +258,6 @@ class Outbox:
             session.execute(update(Message).where(Message.id.in_(flagged)).values(business_initiated=True))
         return claimed
 
-    @overload
-    def _reached_outside_window(self, session: Session, now: datetime) -> int: ...
-
-    @overload
-    def _reached_outside_window(self, session: Session, now: datetime, among: list[int]) -> set[int]: ...
-
-    def _reached_outside_window(self, session: Session, now: datetime, among: list[int] | None = None) -> int | set[int]:
-        """Distinct recipients reached outside their window in the last 24 hours (all
-        campaigns): how many, or which of `among`."""
-        since = now - timedelta(hours=24)
-        reached = (Message.business_initiated.is_(True),
-                   or_(Message.sent_at >= since, Message.state == MessageState.SENDING))
-        if among is not None:
-            return set(session.scalars(select(Message.contact_id).distinct().where(*reached, Message.contact_id.in_(among))))
-        return session.scalar(select(func.count(func.distinct(Message.contact_id))).where(*reached)) or 0
-
     # -- in flight and results ---------------------------------------------------------------
 
     def mark_in_flight(self, ids: Sequence[int], now: datetime) -> set[int]:
@@ -347,31 +298,26 @@ class Outbox:
                 )
             if results.released:
                 session.execute(_RELEASE_TO, [{"mid": m, "due": None} for m in results.released])
-
-    def release_all(self, ids: Sequence[int], now: datetime) -> None:
-        """Give back leased messages that never left (pause, shutdown), freeing their recipients."""
-        if not ids:
-            return
-        with self.db.session() as session:
-            contacts = list(session.scalars(
-                update(Message)
-                .where(Message.id.in_(list(ids)), Message.state == MessageState.SENDING, Message.sending_at.is_(None))
-                .values(state=MessageState.QUEUED, lease_owner=None, lease_expires_at=None)
-                .returning(Message.contact_id)
-            ))
-            if contacts:
-                session.execute(update(Contact).where(Contact.id.in_(contacts)).values(next_send_at=now))
+            for cid, at in results.unreachable.items():
+                contacts.remember_unreachable(session, [cid], at)
+            for cid, until in results.marketing_limited.items():
+                contacts.limit_marketing(session, [cid], until)
+            for number, reason in results.suppress.items():
+                suppressions.suppress(session, [number], reason=reason, source=SuppressionSource.ERROR_131050)
 
     def return_unsent(self, ids: Sequence[int], now: datetime) -> None:
-        """Marked in flight, but this (live) worker knows the requests never left."""
+        """Give back messages this worker holds and knows never left (pause, shutdown, a
+        missed slot): queued again, their recipients free. A message marked in flight gets
+        its attempt back. One whose lease another worker took over is left alone."""
         if not ids:
             return
         with self.db.session() as session:
             contacts = list(session.scalars(
                 update(Message)
-                .where(Message.id.in_(list(ids)), Message.state == MessageState.SENDING, Message.wamid.is_(None))
-                .values(state=MessageState.QUEUED, sending_at=None, attempts=Message.attempts - 1,
-                        lease_owner=None, lease_expires_at=None)
+                .where(Message.id.in_(list(ids)), Message.state == MessageState.SENDING, Message.wamid.is_(None),
+                       Message.lease_owner == self.worker_id)
+                .values(state=MessageState.QUEUED, sending_at=None, lease_owner=None, lease_expires_at=None,
+                        attempts=case((Message.sending_at.is_not(None), Message.attempts - 1), else_=Message.attempts))
                 .returning(Message.contact_id)
             ))
             if contacts:
@@ -398,86 +344,23 @@ class Outbox:
             ).rowcount
             return never_left, expired_doubt
 
-    # -- pacing ------------------------------------------------------------------------------
 
-    def reserve_slots(self, sender: str, count: int, cap: float, now: float) -> tuple[float, float]:
-        """Reserve `count` send slots in this worker's lane of `sender`: (first slot, rate).
-
-        The sender's rate is shared equally by the live lanes, so the workers together send
-        evenly at it, and none has to keep a pace meant for all of them. A worker joining
-        starts after every slot reserved at the old shares, so the shares never add up to
-        more than the rate at any moment."""
-        with self.db.session() as session:
-            row = session.get(SendSlots, sender, with_for_update=True)
-            if row is None:
-                session.execute(_SLOTS_INIT, {"sender": sender, "rate": cap})
-                row = session.get(SendSlots, sender, with_for_update=True)
-                assert row is not None
-            rate = min(row.rate, cap)
-            if rate < cap and now > row.adjusted_at:
-                # No throttling for a while: climb back by a tenth of the cap per second.
-                rate = min(cap, rate + cap * RECOVER_PER_SECOND * (now - row.adjusted_at))
-                row.adjusted_at = now
-            row.rate = rate
-            session.execute(delete(SendLane).where(SendLane.sender == sender, SendLane.next_at < now - LANE_EXPIRY))
-            lanes = dict(session.execute(select(SendLane.worker, SendLane.next_at).where(SendLane.sender == sender)).all())
-            own = lanes.get(self.worker_id)
-            start = max(now, row.next_at if own is None else own)
-            lanes[self.worker_id] = start
-            share = rate / len(lanes)
-            end = start + count / share
-            if own is None:
-                session.add(SendLane(sender=sender, worker=self.worker_id, next_at=end))
-            else:
-                session.execute(update(SendLane).where(SendLane.sender == sender, SendLane.worker == self.worker_id)
-                                .values(next_at=end))
-            row.next_at = max(row.next_at, end)
-            return start, share
-
-    def release_lanes(self) -> None:
-        """This worker sends no more: its share goes to the others at their next reservation."""
-        with self.db.session() as session:
-            session.execute(delete(SendLane).where(SendLane.worker == self.worker_id))
-
-    def slow_down(self, sender: str, cap: float, now: float) -> float:
-        """130429: the sender was throttled; every worker slows down."""
-        with self.db.session() as session:
-            row = session.get(SendSlots, sender, with_for_update=True)
-            if row is None:
-                return cap
-            if now > row.adjusted_at - RECOVER_AFTER + 1.0:  # one step a second, however many 130429s
-                row.rate = max(1.0, min(row.rate, cap) * SLOW_FACTOR)
-                row.adjusted_at = now + RECOVER_AFTER  # no recovery before then
-            return row.rate
+def _reached_outside_window(now: datetime) -> tuple[Any, ...]:
+    """Messages that reached a recipient outside their window in the last 24 hours (all
+    campaigns; a message still sending counts): the messaging limit's measure."""
+    return (Message.business_initiated.is_(True),
+            or_(Message.sent_at >= now - policy.WINDOW, Message.state == MessageState.SENDING))
 
 
-SLOW_FACTOR = 0.8
-"""130429: the rate drops by a fifth, at most once a second..."""
-RECOVER_AFTER = 2.0
-RECOVER_PER_SECOND = 0.1
-"""...and from this many seconds after the last drop it climbs back by a tenth of the cap a second."""
-LANE_EXPIRY = 1.0
-"""Seconds after its last reserved slot that a worker's lane still counts: a worker that is
-briefly between claims keeps its share; one that died gives it up soon."""
+def _reached_count(session: Session, now: datetime) -> int:
+    """How many distinct recipients the messaging limit has counted in the last 24 hours."""
+    return session.scalar(select(func.count(func.distinct(Message.contact_id))).where(*_reached_outside_window(now))) or 0
 
 
-def _running(campaign: Campaign) -> RunningCampaign:
-    return RunningCampaign(
-        id=campaign.id,
-        name=campaign.name,
-        state=campaign.state,
-        sender=campaign.phone_number_id,
-        spec=MessageSpec(
-            template_name=campaign.template_name,
-            template_language=campaign.template_language,
-            param_columns=tuple(campaign.param_columns),
-            text_body=campaign.text_body,
-            header_type=campaign.header_type,
-            header_link=campaign.header_link,
-        ),
-        marketing=campaign.template_category == "marketing",
-        mps=campaign.mps,
-    )
+def _reached_among(session: Session, now: datetime, contact_ids: list[int]) -> set[int]:
+    """Which of `contact_ids` the messaging limit has counted already (they cost nothing more)."""
+    return set(session.scalars(select(Message.contact_id).distinct()
+                               .where(*_reached_outside_window(now), Message.contact_id.in_(contact_ids))))
 
 
 _m = Message.__table__.c
@@ -525,7 +408,4 @@ _SKIP = (
     update(Message.__table__)
     .where(_m.id == bindparam("mid"))
     .values(state=MessageState.SKIPPED.value, error_title=bindparam("title"), lease_owner=None, lease_expires_at=None)
-)
-_SLOTS_INIT = text(
-    "INSERT INTO send_slots (sender, next_at, rate, adjusted_at) VALUES (:sender, 0, :rate, 0) ON CONFLICT (sender) DO NOTHING"
 )

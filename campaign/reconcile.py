@@ -1,9 +1,9 @@
 """The reconciler: applies stored webhook events to the outbox, the contacts and the opt-out list.
 
 The receiver (webhooks.py) only stores raw bodies; this module reads the unprocessed ones in
-id order and walks every `entry → changes → value`:
+id order, parses them (events.py) and applies what they carry:
 
-- `statuses[]` move messages (statuses.py merges them, order-free). A status is matched by
+- statuses move messages (statuses.py merges them, order-free). A status is matched by
   its wamid, or, when no message has that wamid yet, by `biz_opaque_callback_data` (the
   outbox id the dispatcher sent): that resolves a message whose worker died mid-request
   (`sending`, no wamid; DESIGN.md guarantee 3). A status whose message is not found is kept
@@ -15,25 +15,16 @@ id order and walks every `entry → changes → value`:
   131048, ...) pauses it, or every running campaign of its sender for PAUSE_ALL codes.
   A status pauses a campaign only when it is newer than the campaign's last pause, so old
   news the user has already acted on (paused, fixed, resumed) never pauses it again.
-- `messages[]` (inbound) upsert the contact and open its 24-hour window (`last_inbound_at`);
-  STOP / UNSUBSCRIBE (and the configured words), typed or sent as a quick-reply button or
-  an interactive reply, suppress the number (source `opt_out`); START lifts only an
-  `opt_out` suppression. Opt-outs and opt-ins are compared by their message times
-  (`Contact.opted_out_at` / `opted_in_at`), so STOP and START arriving in either order
-  end the same way.
-- `user_preferences` (the user stopped or resumed marketing in WhatsApp): `stop`
-  suppresses (source `opt_out`); `resume` / `signup` lift `opt_out` and `error_131050`
-  suppressions, the ones Meta's own marketing switch stands for.
-- out-of-band `errors[]`, template status / quality updates, account updates and unknown
-  fields are logged (a template paused, disabled or rejected, or a quality drop, as a
-  warning) and kept: the raw body stays in `webhook_events`.
+- inbound messages and `user_preferences` open windows, opt out and opt in (inbound.py).
+- what parsing noted (out-of-band errors, template and account updates, ignored items) is
+  logged once the event is applied.
 
 Each batch of events is parsed and validated completely before anything is applied, then
-applied and marked processed in one transaction: a malformed body (invalid JSON, wrong
-types, huge numbers, deep nesting) is marked processed with `error` set and never
-half-applied. Should applying a batch fail, its events are retried one per transaction
-and only the failing one is marked with its error. Applying is idempotent: the same event
-twice, or events in any order, give the same final states (timestamps merge with min/max).
+applied and marked processed in one transaction: a malformed body (events.Malformed) is
+marked processed with `error` set and never half-applied. Should applying a batch fail, its
+events are retried one per transaction and only the failing one is marked with its error.
+Applying is idempotent: the same event twice, or events in any order, give the same final
+states (timestamps merge with min/max).
 
 Replay (`replay`, `campaign reconcile --replay`) rebuilds message states from every stored
 event, e.g. after a reconciler fix:
@@ -55,49 +46,34 @@ replay are looked for once more and orphaned again if still unknown.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import re
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from campaign import campaigns
+from campaign import campaigns, contacts, errors
 from campaign.db import Database
-from campaign.errors import Action, rule_for
-from campaign.clock import utcnow
-from campaign.models import Campaign, Contact, Message, PendingStatus, Suppression, WebhookEvent
+from campaign.clock import SYSTEM, Clock
+from campaign.events import InboundItem, Malformed, ParsedEvent, PreferenceItem, StatusItem, parse_event, parse_status
+from campaign.inbound import DEFAULT_OPT_IN_WORDS, DEFAULT_OPT_OUT_WORDS, apply_inbound
+from campaign.models import Campaign, Contact, Message, PendingStatus, WebhookEvent
 from campaign.states import CampaignState, MessageState, SuppressionSource
-from campaign.sql import batches, insert_ignore
-from campaign.statuses import STATUS_WORDS, Delivery, StatusError, StatusUpdate, merge, parse_callback_data
+from campaign.sql import batches
+from campaign.statuses import Delivery, StatusError, StatusUpdate, merge, parse_callback_data
 from campaign.suppressions import suppress
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPT_OUT_WORDS: tuple[str, ...] = ("STOP", "UNSUBSCRIBE")
-DEFAULT_OPT_IN_WORDS: tuple[str, ...] = ("START",)
 DEFAULT_ORPHAN_AFTER = timedelta(hours=1)
 BATCH_BYTES = 1_000_000
 """Bodies applied per transaction, at most (one event always fits): keeps a transaction, and
 so SQLite's write lock that the receiver waits for, short."""
-
-# Inbound types that are not the user writing to the business: they do not open the
-# 24-hour window (a number change, a deleted or edited message). Reactions are left out
-# too: Meta does not say that they open it, and a wrongly open window costs a failed
-# free-form message (131047) while a wrongly closed one only costs a template.
-_NOT_WINDOW_OPENING = frozenset({"system", "revoke", "reaction", "edit", "deleted", "ephemeral"})
-_WA_ID = re.compile(r"[1-9][0-9]{5,14}")
-"""A WhatsApp user id as Meta sends it: the E.164 digits without `+` (at most 15)."""
-_MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
-_MAX_ERROR_CODE = 2**53
-_QUALITY = {"GREEN": 3, "YELLOW": 2, "RED": 1}
-_BAD_TEMPLATE_EVENTS = frozenset({"PAUSED", "DISABLED", "REJECTED", "FLAGGED", "PENDING_DELETION"})
 
 
 @dataclass
@@ -119,243 +95,6 @@ class ReconcileStats:
         for f in fields(self):
             if f.name != "pending":
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-# -- parsing: pure, complete before anything is applied ----------------------------------------
-
-
-class Malformed(ValueError):
-    """A body that is not a well-formed webhook; its event gets this as its error."""
-
-
-@dataclass(frozen=True)
-class StatusItem:
-    wamid: str
-    status: str
-    at: datetime
-    recipient_id: str | None
-    callback_data: str | None
-    pricing_category: str | None
-    error: StatusError | None
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class InboundItem:
-    wa_id: str
-    at: datetime
-    type: str
-    words: tuple[str, ...]
-    """Texts that may carry an opt-out or opt-in word: the body, a button's payload and
-    text, an interactive reply's id and title."""
-
-
-@dataclass(frozen=True)
-class PreferenceItem:
-    wa_id: str
-    at: datetime
-    value: str
-
-
-@dataclass
-class ParsedEvent:
-    statuses: list[StatusItem] = field(default_factory=list)
-    inbound: list[InboundItem] = field(default_factory=list)
-    preferences: list[PreferenceItem] = field(default_factory=list)
-    notes: list[tuple[int, str]] = field(default_factory=list)
-    """(logging level, message) to log once the event is applied."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise Malformed(f"{name} is not JSON")
-
-
-def parse_event(body: bytes) -> ParsedEvent:
-    """The items of one webhook body, or Malformed: nothing is applied from a bad body."""
-    try:
-        doc = json.loads(body, parse_constant=_reject_constant)
-    except RecursionError:
-        raise Malformed("nested too deeply") from None
-    except (ValueError, TypeError) as exc:
-        raise Malformed(f"not JSON: {str(exc)[:200]}") from None
-    event = ParsedEvent()
-    obj = _dict(doc, "body")
-    if obj.get("object") != "whatsapp_business_account":
-        event.notes.append((logging.INFO, f"webhook for object {str(obj.get('object'))[:80]!r} ignored"))
-        return event
-    for entry in _list(obj.get("entry"), "entry"):
-        entry = _dict(entry, "entry[]")
-        for change in _list(entry.get("changes", []), "entry[].changes"):
-            change = _dict(change, "changes[]")
-            name = change.get("field")
-            value = _dict(change.get("value", {}), "changes[].value")
-            if name == "messages":
-                _parse_messages_value(value, event)
-            elif name == "user_preferences":
-                for item in _list(value.get("user_preferences", []), "user_preferences"):
-                    _parse_preference(_dict(item, "user_preferences[]"), event)
-            elif name == "message_template_status_update":
-                _note_template_status(value, event)
-            elif name == "message_template_quality_update":
-                _note_template_quality(value, event)
-            elif name == "account_update":
-                kind = _short(value.get("event"))
-                level = logging.WARNING if kind in ("ACCOUNT_RESTRICTION", "ACCOUNT_VIOLATION", "DISABLED_UPDATE",
-                                                    "ACCOUNT_DELETED", "ACCOUNT_OFFBOARDED") else logging.INFO
-                event.notes.append((level, f"account update {kind}: {_short(value, 300)}"))
-            else:
-                event.notes.append((logging.INFO, f"webhook field {_short(name)} kept, not applied"))
-    return event
-
-
-def _parse_messages_value(value: dict[str, Any], event: ParsedEvent) -> None:
-    for raw in _list(value.get("statuses", []), "statuses"):
-        item = parse_status(_dict(raw, "statuses[]"))
-        if item is None:
-            event.notes.append((logging.INFO, f"status {_short(raw.get('status'))} ignored (not a delivery status)"))
-        else:
-            event.statuses.append(item)
-    for raw in _list(value.get("messages", []), "messages"):
-        _parse_inbound(_dict(raw, "messages[]"), event)
-    for raw in _list(value.get("errors", []), "errors"):
-        error = _dict(raw, "errors[]")
-        event.notes.append((logging.WARNING, f"webhook error {_short(error.get('code'))}: {_short(error.get('title'))} "
-                                             f"({_short(_get(error, 'error_data', 'details'), 200)})"))
-
-
-def parse_status(raw: dict[str, Any]) -> StatusItem | None:
-    """One `statuses[]` item; None for a status word that does not move a message."""
-    wamid = _str(raw.get("id"), "statuses[].id")
-    if not 1 <= len(wamid) <= 128:
-        raise Malformed("statuses[].id is not a message id")
-    status = _str(raw.get("status"), "statuses[].status")
-    at = _time(raw.get("timestamp"), "statuses[].timestamp")
-    recipient = _opt_str(raw.get("recipient_id"), "statuses[].recipient_id")
-    callback = _opt_str(raw.get("biz_opaque_callback_data"), "statuses[].biz_opaque_callback_data")
-    pricing = _dict(raw.get("pricing", {}), "statuses[].pricing")
-    category = _opt_str(pricing.get("category"), "statuses[].pricing.category")
-    error = None
-    errors = _list(raw.get("errors", []), "statuses[].errors")
-    if errors:
-        first = _dict(errors[0], "statuses[].errors[]")
-        code = first.get("code")
-        if code is not None and (type(code) is not int or not 0 <= code < _MAX_ERROR_CODE):
-            raise Malformed("statuses[].errors[].code is not an error code")
-        title = _opt_str(first.get("title"), "statuses[].errors[].title")
-        message = _opt_str(first.get("message"), "statuses[].errors[].message")
-        details = _opt_str(_dict(first.get("error_data", {}), "error_data").get("details"), "error_data.details")
-        error = StatusError(code, title or message, details or message)
-    if status not in STATUS_WORDS:
-        return None
-    return StatusItem(
-        wamid=wamid,
-        status=status,
-        at=at,
-        recipient_id=recipient if recipient and _WA_ID.fullmatch(recipient) else None,
-        callback_data=callback,
-        pricing_category=category[:32] if category else None,
-        error=error,
-        payload=raw,
-    )
-
-
-def _parse_inbound(raw: dict[str, Any], event: ParsedEvent) -> None:
-    sender = _str(raw.get("from"), "messages[].from")
-    at = _time(raw.get("timestamp"), "messages[].timestamp")
-    kind = _opt_str(raw.get("type"), "messages[].type") or "unknown"
-    if not _WA_ID.fullmatch(sender):
-        event.notes.append((logging.INFO, f"inbound {kind} from {sender[:40]!r} ignored: not a phone number"))
-        return
-    if kind in _NOT_WINDOW_OPENING:
-        event.notes.append((logging.INFO, f"inbound {kind} from {sender} kept, not applied"))
-        return
-    words: list[str | None] = []
-    if kind == "text":
-        words.append(_opt_str(_dict(raw.get("text", {}), "text").get("body"), "text.body"))
-    elif kind == "button":
-        button = _dict(raw.get("button", {}), "button")
-        words += [_opt_str(button.get("payload"), "button.payload"), _opt_str(button.get("text"), "button.text")]
-    elif kind == "interactive":
-        interactive = _dict(raw.get("interactive", {}), "interactive")
-        for reply in ("button_reply", "list_reply"):
-            chosen = _dict(interactive.get(reply, {}), f"interactive.{reply}")
-            words += [_opt_str(chosen.get("id"), f"{reply}.id"), _opt_str(chosen.get("title"), f"{reply}.title")]
-    event.inbound.append(InboundItem(sender, at, kind, tuple(w for w in words if w)))
-
-
-def _parse_preference(raw: dict[str, Any], event: ParsedEvent) -> None:
-    wa_id = _str(raw.get("wa_id"), "user_preferences[].wa_id")
-    value = _str(raw.get("value"), "user_preferences[].value")
-    category = _opt_str(raw.get("category"), "user_preferences[].category")
-    at = _time(raw.get("timestamp"), "user_preferences[].timestamp")
-    if category != "marketing_messages" or value not in ("stop", "resume", "signup") or not _WA_ID.fullmatch(wa_id):
-        event.notes.append((logging.INFO, f"user preference {_short(category)}={_short(value)} for {wa_id[:40]!r} ignored"))
-        return
-    event.preferences.append(PreferenceItem(wa_id, at, value))
-
-
-def _note_template_status(value: dict[str, Any], event: ParsedEvent) -> None:
-    status = _short(value.get("event"))
-    name = f"{_short(value.get('message_template_name'))} ({_short(value.get('message_template_language'))})"
-    if status in _BAD_TEMPLATE_EVENTS:
-        event.notes.append((logging.WARNING, f"template {name} is {status}: reason {_short(value.get('reason'))}; "
-                                             "campaigns using it will fail (132015/132016/132001)"))
-    else:
-        event.notes.append((logging.INFO, f"template {name} is {status}"))
-
-
-def _note_template_quality(value: dict[str, Any], event: ParsedEvent) -> None:
-    before, after = _short(value.get("previous_quality_score")), _short(value.get("new_quality_score"))
-    name = f"{_short(value.get('message_template_name'))} ({_short(value.get('message_template_language'))})"
-    dropped = _QUALITY.get(after, 0) < _QUALITY.get(before, 0)
-    event.notes.append((logging.WARNING if dropped else logging.INFO, f"template {name} quality {before} -> {after}"))
-
-
-def _dict(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise Malformed(f"{what} is not an object")
-    return value
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise Malformed(f"{what} is not a list")
-    return value
-
-
-def _str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise Malformed(f"{what} is not a string")
-    return value
-
-
-def _opt_str(value: Any, what: str) -> str | None:
-    return None if value is None else _str(value, what)
-
-
-def _get(obj: dict[str, Any], *path: str) -> Any:
-    for key in path:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(key)  # type: ignore[assignment]
-    return obj
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    return str(value)[:limit]
-
-
-def _time(value: Any, what: str) -> datetime:
-    """Meta's unix seconds (a string in statuses and messages, a number in user_preferences)."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
-        seconds = int(value)
-    elif type(value) is int:
-        seconds = value
-    else:
-        raise Malformed(f"{what} is not a unix time")
-    if not 0 <= seconds <= _MAX_TIMESTAMP:
-        raise Malformed(f"{what} is out of range")
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
 # -- applying -----------------------------------------------------------------------------------
@@ -419,14 +158,16 @@ def reconcile_once(
     opt_in_words: Iterable[str] = DEFAULT_OPT_IN_WORDS,
     orphan_after: timedelta = DEFAULT_ORPHAN_AFTER,
     write_lock: AbstractContextManager[Any] | None = None,
+    clock: Clock = SYSTEM,
 ) -> ReconcileStats:
     """Apply every event stored so far, `batch` events (at most BATCH_BYTES) per transaction,
     and retry the pending statuses.
 
     `write_lock`, when given, is held around each write transaction: the receiver shares one
     with its own reconciler so that a body waiting to be stored queues on it rather than on
-    SQLite's busy handler, which polls with sleeps of up to 100 ms."""
-    now = now or utcnow()
+    SQLite's busy handler, which polls with sleeps of up to 100 ms. `now` (default: the
+    clock's) dates the pass: processing times, orphaning, pauses."""
+    now = now or clock.now()
     rules = _Rules(
         opt_out=frozenset(w.strip().casefold() for w in opt_out_words),
         opt_in=frozenset(w.strip().casefold() for w in opt_in_words),
@@ -581,7 +322,7 @@ def _process(session: Session, events: list[_Event], now: datetime, rules: _Rule
         statuses += _resolvable_pending(session)
 
     stats.statuses_applied = _apply_statuses(session, statuses, now, notes)
-    stats.inbound = _apply_inbound(session, inbound, preferences, rules)
+    stats.inbound = apply_inbound(session, inbound, preferences, opt_out=rules.opt_out, opt_in=rules.opt_in)
 
     for chunk in batches([e.id for e in events if e.error is None]):
         session.execute(update(WebhookEvent).where(WebhookEvent.id.in_(chunk)).values(processed_at=now, error=None))
@@ -702,41 +443,40 @@ def _merge_into(row: _Row, item: StatusItem) -> None:
 
 def _apply_error_table(session: Session, failures: list[tuple[_Row, StatusItem]], now: datetime,
                        notes: list[tuple[int, str]]) -> None:
-    """What a failed status means beyond its message (errors.py; whatsapp-cloud-api.md)."""
-    contacts = {c.id: c for c in session.scalars(
-        select(Contact).where(Contact.id.in_({row.contact_id for row, _ in failures})).order_by(Contact.id))}
-    pauses: dict[int, tuple[int, datetime]] = {}
+    """What a failed status does beyond its message (errors.consequence, as for a send)."""
+    phones = dict(session.execute(select(Contact.id, Contact.phone).where(
+        Contact.id.in_({row.contact_id for row, _ in failures}))).all())
+    pauses: dict[int, tuple[int, datetime, errors.Pause]] = {}
     for row, item in failures:
         assert item.error is not None
         code = item.error.code
-        rule = rule_for(code)
-        contact = contacts.get(row.contact_id)
-        if contact is None:
+        rule = errors.rule_for(code)
+        what = errors.consequence(rule, source=errors.Source.STATUS, attempts=1)
+        if row.contact_id not in phones:
             continue
-        if rule.unreachable:
-            contact.unreachable_at = _latest(contact.unreachable_at, item.at)
-        if rule.no_resend_for:
-            contact.marketing_limited_until = _latest(contact.marketing_limited_until,
-                                                      item.at + timedelta(seconds=rule.no_resend_for))
-        if rule.action is Action.FAIL_AND_SUPPRESS:
-            suppress(session, [contact.phone], reason=f"error {code}: {rule.meaning}",
+        if what.unreachable:
+            contacts.remember_unreachable(session, [row.contact_id], item.at)
+        if what.limit_marketing_for:
+            contacts.limit_marketing(session, [row.contact_id], item.at + timedelta(seconds=what.limit_marketing_for))
+        if what.suppress:
+            suppress(session, [phones[row.contact_id]], reason=f"error {code}: {rule.meaning}",
                      source=SuppressionSource.ERROR_131050, now=item.at)
-        if rule.action in (Action.PAUSE_CAMPAIGN, Action.PAUSE_ALL) and code is not None:
+        if what.pause is not None and code is not None:
             earlier = pauses.get(row.campaign_id)
             if earlier is None or item.at > earlier[1]:
-                pauses[row.campaign_id] = (code, item.at)
-    for campaign_id, (code, at) in sorted(pauses.items()):
-        _pause_for(session, campaign_id, code, at, now, notes)
+                pauses[row.campaign_id] = (code, item.at, what.pause)
+    for campaign_id, (code, at, pause) in sorted(pauses.items()):
+        _pause_for(session, campaign_id, code, at, pause, now, notes)
 
 
-def _pause_for(session: Session, campaign_id: int, code: int, at: datetime, now: datetime,
+def _pause_for(session: Session, campaign_id: int, code: int, at: datetime, pause: errors.Pause, now: datetime,
                notes: list[tuple[int, str]]) -> None:
-    rule = rule_for(code)
+    rule = errors.rule_for(code)
     campaign = session.get(Campaign, campaign_id)
     if campaign is None:
         return
     targets = [campaign]
-    if rule.action is Action.PAUSE_ALL:
+    if pause is errors.Pause.SENDER:
         same_sender = (Campaign.phone_number_id.is_(None) if campaign.phone_number_id is None
                        else Campaign.phone_number_id == campaign.phone_number_id)
         targets += session.scalars(select(Campaign).where(
@@ -750,85 +490,6 @@ def _pause_for(session: Session, campaign_id: int, code: int, at: datetime, now:
             continue
         if campaigns.engine_pause(session, target, reason, code, now=max(now, at)):
             notes.append((logging.WARNING, f"campaign {target.name!r} paused: {reason}"))
-
-
-def _latest(current: datetime | None, new: datetime) -> datetime:
-    return new if current is None else max(current, new)
-
-
-def _apply_inbound(session: Session, inbound: list[InboundItem], preferences: list[PreferenceItem],
-                   rules: _Rules) -> int:
-    if not inbound and not preferences:
-        return 0
-    people = _contacts_for(session, {m.wa_id for m in inbound} | {p.wa_id for p in preferences})
-    for message in inbound:
-        contacts = people[message.wa_id]
-        for contact in contacts:
-            # The window opens at the user's message time (whatsapp-cloud-api.md, "The 24-hour window").
-            contact.last_inbound_at = _latest(contact.last_inbound_at, message.at)
-            contact.wa_id = contact.wa_id or message.wa_id
-        said = {w.strip().casefold() for w in message.words}
-        if said & rules.opt_out:
-            _opt_out(session, contacts, message.at)
-        elif said & rules.opt_in:
-            _opt_in(session, contacts, message.at, (SuppressionSource.OPT_OUT,))
-    for preference in preferences:
-        contacts = people[preference.wa_id]
-        if preference.value == "stop":
-            _opt_out(session, contacts, preference.at)
-        else:
-            _opt_in(session, contacts, preference.at, (SuppressionSource.OPT_OUT, SuppressionSource.ERROR_131050))
-    return len(inbound)
-
-
-def _contacts_for(session: Session, wa_ids: set[str]) -> dict[str, list[Contact]]:
-    """Every contact of each sender: those Meta knows by that wa_id (which may differ from
-    the imported number in BR, MX, AR) and the one whose number it is, created if new."""
-    def lookup() -> dict[str, list[Contact]]:
-        found: dict[int, Contact] = {}
-        for chunk in batches(sorted(wa_ids)):
-            query = select(Contact).where(or_(Contact.wa_id.in_(chunk), Contact.phone.in_(["+" + w for w in chunk])))
-            found.update((c.id, c) for c in session.scalars(query.order_by(Contact.id)))
-        people: dict[str, list[Contact]] = {w: [] for w in wa_ids}
-        for contact in found.values():
-            for key in {contact.wa_id, contact.phone[1:]}:
-                if key in people:
-                    people[key].append(contact)
-        return people
-
-    people = lookup()
-    new = [{"phone": "+" + w, "wa_id": w} for w in sorted(wa_ids) if not people[w]]
-    if not new:
-        return people
-    for chunk in batches(new):
-        session.execute(insert_ignore(session, Contact), list(chunk))
-    return lookup()
-
-
-def _opt_out(session: Session, contacts: list[Contact], at: datetime) -> None:
-    """STOP at `at`: void if the person opted in later (see module docstring)."""
-    numbers = []
-    for contact in contacts:
-        if contact.opted_in_at is None or at >= contact.opted_in_at:
-            contact.opted_out_at = _latest(contact.opted_out_at, at)
-            numbers.append(contact.phone)
-    if numbers:
-        session.flush()
-        suppress(session, numbers, reason="the recipient opted out", source=SuppressionSource.OPT_OUT, now=at)
-
-
-def _opt_in(session: Session, contacts: list[Contact], at: datetime, sources: tuple[SuppressionSource, ...]) -> None:
-    """START (or marketing resumed) at `at`: lifts an opt-out older than it, never a manual one."""
-    numbers = []
-    for contact in contacts:
-        contact.opted_in_at = _latest(contact.opted_in_at, at)
-        if contact.opted_out_at is None or contact.opted_out_at < at:
-            contact.opted_out_at = None
-            numbers.append(contact.phone)
-    if numbers:
-        session.flush()
-        session.execute(delete(Suppression).where(Suppression.phone.in_(numbers),
-                                                  Suppression.source.in_([s.value for s in sources])))
 
 
 def _orphan(session: Session, now: datetime, orphan_after: timedelta, notes: list[tuple[int, str]]) -> int:

@@ -4,22 +4,24 @@ send test messages. The CLI wraps these; a script can call them directly."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
 from campaign import campaigns, phone
+from campaign.clock import SYSTEM, Clock, utcnow
 from campaign.config import Settings
 from campaign.db import Database
 from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from campaign.exceptions import CampaignError
 from campaign.graph import GraphClient, GraphError, Template, TransportError
-from campaign.clock import utcnow
 from campaign.models import Campaign, Message
-from campaign.states import MessageState
-from campaign.payloads import MessageSpec, template_payload
+from campaign.payloads import template_payload
+from campaign.states import CampaignState, MessageState
 
 
 def client_factory(settings: Settings) -> Callable[[int], GraphClient]:
@@ -73,6 +75,28 @@ def launch(db: Database, settings: Settings, name: str, *, at: datetime | None =
         return campaign
 
 
+def build_dispatcher(
+    db: Database,
+    settings: Settings,
+    *,
+    on_progress: Callable[[DispatchStats], None] | None = None,
+    clock: Clock = SYSTEM,
+    **config: Any,
+) -> Dispatcher:
+    """A worker for `settings`; `config` overrides DispatchConfig fields (tests, benchmarks)."""
+    return Dispatcher(db, client_factory(settings), DispatchConfig.from_settings(settings, **config),
+                      on_progress=on_progress, clock=clock)
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    stats: DispatchStats
+    interrupted: bool
+    """A signal (Ctrl-C, SIGTERM) stopped it."""
+    paused: list[str]
+    """Campaigns paused because of the signal (`pause_on_interrupt`)."""
+
+
 def run_worker(
     db: Database,
     settings: Settings,
@@ -81,11 +105,40 @@ def run_worker(
     exit_when_idle: bool = False,
     on_progress: Callable[[DispatchStats], None] | None = None,
     stop: asyncio.Event | None = None,
-    **config: object,
-) -> DispatchStats:
-    dispatcher = Dispatcher(db, client_factory(settings), DispatchConfig.from_settings(settings, **config),
-                            on_progress=on_progress)
-    return asyncio.run(dispatcher.run(campaigns=campaigns_, exit_when_idle=exit_when_idle, stop=stop))
+    handle_signals: bool = False,
+    pause_on_interrupt: bool = False,
+    clock: Clock = SYSTEM,
+    **config: Any,
+) -> WorkerRun:
+    """Run one worker until `stop`, until idle with `exit_when_idle`, or, with
+    `handle_signals`, until SIGINT or SIGTERM: requests already sent finish and are recorded
+    before it returns. With `pause_on_interrupt` a signal also pauses the campaigns it was
+    sending (`campaign launch` in the foreground: Ctrl-C pauses, `resume` goes on)."""
+    dispatcher = build_dispatcher(db, settings, on_progress=on_progress, clock=clock, **config)
+    interrupted = False
+
+    def on_signal() -> None:
+        nonlocal interrupted
+        interrupted = True
+        dispatcher.stop()
+
+    async def main() -> DispatchStats:
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, on_signal)
+        return await dispatcher.run(campaigns=campaigns_, exit_when_idle=exit_when_idle, stop=stop)
+
+    stats = asyncio.run(main())
+    paused: list[str] = []
+    if interrupted and pause_on_interrupt and campaigns_:
+        with db.session() as session:
+            for name in campaigns_:
+                campaign = campaigns.get(session, name)
+                if campaign.state == CampaignState.RUNNING:
+                    campaigns.pause(session, campaign, now=clock.now())
+                    paused.append(name)
+    return WorkerRun(stats, interrupted, paused)
 
 
 @dataclass(frozen=True)
@@ -103,11 +156,8 @@ def send_test(db: Database, settings: Settings, name: str, numbers: Sequence[str
         row = session.scalar(select(Message.params).where(Message.campaign_id == campaign.id).order_by(Message.id).limit(1))
     if campaign.param_columns and row is None:
         raise CampaignError(f"campaign {name!r} has no recipients yet: import some first (their values fill the template)")
-    sender = campaign.phone_number_id or settings.phone_number_id
-    if not sender:
-        raise CampaignError("no sender: set WA_PHONE_NUMBER_ID or create the campaign with --phone-number-id")
-    spec = MessageSpec(campaign.template_name, campaign.template_language, tuple(campaign.param_columns),
-                       None, campaign.header_type, campaign.header_link)
+    sender = campaigns.require_sender(campaign.phone_number_id, settings.phone_number_id)
+    spec = campaigns.message_spec(campaign)
 
     async def send() -> list[TestSend]:
         results = []

@@ -9,7 +9,6 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from campaign import csvfile, phone
-from campaign.exceptions import CampaignError
 from campaign.clock import utcnow
 from campaign.models import Suppression
 from campaign.states import SuppressionSource
@@ -27,9 +26,7 @@ def read_numbers(path: str | Path, default_region: str | None = None) -> list[st
             layout.phone_column
         ]
         start = 2
-    except CampaignError as exc:
-        if "no phone column" not in str(exc):
-            raise
+    except csvfile.NoPhoneColumn:  # not a CSV of numbers: one number per line
         column = pd.Series(path.read_text(encoding="utf-8-sig").splitlines())
         start = 1
     numbers = []

@@ -18,7 +18,7 @@ import hmac
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio.to_thread
 import uvicorn
@@ -32,9 +32,10 @@ from starlette.routing import Route
 from campaign.config import Settings
 from campaign.db import Database, _one_line, is_sqlite
 from campaign.exceptions import CampaignError
-from campaign.clock import utcnow
+from campaign.clock import SYSTEM, Clock, utcnow
+from campaign.inbound import DEFAULT_OPT_IN_WORDS, DEFAULT_OPT_OUT_WORDS
 from campaign.models import WebhookEvent
-from campaign.reconcile import DEFAULT_OPT_IN_WORDS, DEFAULT_OPT_OUT_WORDS, DEFAULT_ORPHAN_AFTER, reconcile_once
+from campaign.reconcile import DEFAULT_ORPHAN_AFTER, reconcile_once
 from campaign.sql import insert_ignore
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def create_app(
     opt_in_words: Iterable[str] = DEFAULT_OPT_IN_WORDS,
     orphan_after: timedelta = DEFAULT_ORPHAN_AFTER,
     max_body_bytes: int = MAX_BODY_BYTES,
+    clock: Clock = SYSTEM,
 ) -> Starlette:
     """The receiver's ASGI app: `GET/POST /webhook` and `GET /health`; with `reconcile`, the
     reconciler runs in the background for the app's lifetime."""
@@ -117,11 +119,11 @@ def create_app(
         threading.Lock() if is_sqlite(db.engine) else contextlib.nullcontext()
     )
     reconciler = _Reconciler(db, {"opt_out_words": tuple(opt_out_words), "opt_in_words": tuple(opt_in_words),
-                                  "orphan_after": orphan_after, "write_lock": write_lock}) if reconcile else None
+                                  "orphan_after": orphan_after, "write_lock": write_lock, "clock": clock}) if reconcile else None
 
     def store(body: bytes) -> bool:
         with write_lock:
-            return store_event(db, body)
+            return store_event(db, body, received_at=clock.now())
 
     async def verify(request: Request) -> Response:
         """Meta's subscription handshake: echo `hub.challenge` when the token matches."""
@@ -181,13 +183,14 @@ def create_app(
     )
 
 
-def store_event(db: Database, body: bytes) -> bool:
+def store_event(db: Database, body: bytes, *, received_at: datetime | None = None) -> bool:
     """Commit `body` to `webhook_events`; False when the same bytes were stored already
     (Meta redelivers, so a duplicate is answered 200 and stored once)."""
     digest = hashlib.sha256(body).hexdigest()
     with db.session() as session:
         result = session.execute(
-            insert_ignore(session, WebhookEvent).values(body=body, content_hash=digest, received_at=utcnow())
+            insert_ignore(session, WebhookEvent).values(body=body, content_hash=digest,
+                                                       received_at=received_at or utcnow())
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import httpx
 
-from campaign import campaigns
+from campaign import campaigns, sending
+from campaign.clock import SYSTEM, Clock
+from campaign.config import Settings
 from campaign.db import Database
-from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
-from campaign.graph import GraphClient
+from campaign.dispatcher import Dispatcher, DispatchStats
 from campaign.models import Campaign, Contact, Message
 from campaign.sql import insert_ignore
 
@@ -48,11 +49,11 @@ def seed(db: Database, name: str, numbers: Sequence[str], *, template: str = "or
         return campaign.id
 
 
-def dispatcher(db: Database, url: str, **config: Any) -> Dispatcher:
-    settings = {"mps": 80, "pair_interval": 0.0, "default_sender": SENDER, "retry_base": 0.05,
-                "grace": timedelta(minutes=10), **config}
-    return Dispatcher(db, lambda connections: GraphClient(url, "v21.0", TOKEN, connections=connections),
-                      DispatchConfig(**settings))
+def dispatcher(db: Database, url: str, *, clock: Clock = SYSTEM, **config: Any) -> Dispatcher:
+    """A worker built as `campaign worker` builds it, against the sandbox at `url`."""
+    settings = Settings(api_base_url=url, access_token=TOKEN, phone_number_id=SENDER)
+    overrides = {"mps": 80, "pair_interval": 0.0, "retry_base": 0.05, "grace": timedelta(minutes=10), **config}
+    return sending.build_dispatcher(db, settings, clock=clock, **overrides)
 
 
 def run(db: Database, url: str, *, names: Sequence[str] | None = None, **config: Any) -> DispatchStats:

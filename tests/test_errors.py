@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from campaign.errors import RULES, Action, rule_for
+from campaign.errors import NOT_SENT, RULES, Action, Consequence, Fate, Pause, Source, consequence, rule_for
+from campaign.policy import MAX_PAIR_RETRIES, MAX_TRANSIENT_ATTEMPTS
 
 
 @pytest.mark.parametrize(
@@ -18,7 +21,7 @@ from campaign.errors import RULES, Action, rule_for
         (131057, Action.RETRY), (4, Action.RETRY), (80007, Action.RETRY),
         (131048, Action.PAUSE_CAMPAIGN), (131064, Action.PAUSE_CAMPAIGN), (132000, Action.PAUSE_CAMPAIGN),
         (132001, Action.PAUSE_CAMPAIGN), (132012, Action.PAUSE_CAMPAIGN), (132015, Action.PAUSE_CAMPAIGN),
-        (100, Action.FAIL), (131026, Action.FAIL), (131047, Action.FAIL), (131049, Action.FAIL), (130472, Action.FAIL),
+        (100, Action.FAIL), (131026, Action.FAIL), (131047, Action.FAIL), (131049, Action.WAIT), (130472, Action.FAIL),
         (131050, Action.FAIL_AND_SUPPRESS),
     ],
 )
@@ -42,3 +45,70 @@ def test_unknown_codes_fail_unless_the_http_status_says_transient() -> None:
     assert rule_for(None, 503).action is Action.RETRY
     assert rule_for(None, 429).action is Action.RETRY
     assert rule_for(None, 400).action is Action.FAIL
+
+
+# -- what an error does: one decision for a send's answer and a failed status webhook ---------
+
+SEND, STATUS = Source.SEND, Source.STATUS
+
+
+def what(code: int | None, source: Source = SEND, *, attempts: int = 1, pair_hits: int = 0, http: int | None = None) -> Consequence:
+    return consequence(rule_for(code, http), source=source, attempts=attempts, pair_hits=pair_hits,
+                       rng=random.Random(1), retry_base=2.0)
+
+
+def test_a_transient_send_error_is_retried_with_backoff_until_the_attempts_run_out() -> None:
+    first, later = what(131000, attempts=1), what(131000, attempts=3)
+    assert first.fate is Fate.RETRY and 1.0 <= first.retry_after <= 2.0
+    assert later.fate is Fate.RETRY and 4.0 <= later.retry_after <= 8.0
+    last = what(131000, attempts=MAX_TRANSIENT_ATTEMPTS)
+    assert last.fate is Fate.FAIL and last.gave_up
+
+
+def test_a_documented_wait_is_the_least_a_retry_waits() -> None:
+    assert what(131057).retry_after == 60
+
+
+def test_throttling_slows_the_sender_and_retries_without_counting_against_the_message() -> None:
+    throttled = what(130429, attempts=MAX_TRANSIENT_ATTEMPTS + 3)
+    assert throttled.fate is Fate.RETRY and throttled.slow_sender and throttled.retry_after == 1.0
+
+
+def test_the_pair_rate_holds_the_recipient_longer_each_time_then_fails() -> None:
+    assert [what(131056, pair_hits=n).retry_after for n in range(3)] == [1.0, 4.0, 16.0]
+    assert what(131056).pair_hit
+    assert what(131056, pair_hits=MAX_PAIR_RETRIES).fate is Fate.FAIL
+
+
+def test_the_marketing_limit_waits_a_day_then_fails() -> None:
+    waiting = what(131049)
+    assert waiting.fate is Fate.RETRY and waiting.retry_after == 86400
+    assert what(131049, attempts=MAX_TRANSIENT_ATTEMPTS).fate is Fate.FAIL
+
+
+@pytest.mark.parametrize("source", [SEND, STATUS])
+def test_the_marketing_limit_holds_the_contact_from_either_source_however_often(source: Source) -> None:
+    for attempts in (1, MAX_TRANSIENT_ATTEMPTS):
+        assert what(131049, source, attempts=attempts).limit_marketing_for == 86400
+
+
+@pytest.mark.parametrize("source", [SEND, STATUS])
+def test_contact_effects_are_the_same_from_either_source(source: Source) -> None:
+    assert what(131026, source).unreachable and what(131026, source).fate is Fate.FAIL
+    assert what(131050, source).suppress and what(131050, source).fate is Fate.FAIL
+    assert not what(100, source).unreachable and not what(100, source).suppress
+
+
+def test_a_doomed_campaign_or_sender_pauses_and_holds_an_unsent_message() -> None:
+    assert (what(132001).fate, what(132001).pause) == (Fate.HOLD, Pause.CAMPAIGN)
+    assert (what(190).fate, what(190).pause) == (Fate.HOLD, Pause.SENDER)
+
+
+def test_a_failed_status_is_final_for_the_message_meta_had_accepted() -> None:
+    for code in (131000, 130429, 131056, 131026, 131049):
+        assert what(code, STATUS).fate is Fate.FAIL, code
+    assert (what(132015, STATUS).fate, what(132015, STATUS).pause) == (Fate.FAIL, Pause.CAMPAIGN)
+
+
+def test_a_request_that_never_left_is_retried() -> None:
+    assert consequence(NOT_SENT, source=SEND, attempts=1).fate is Fate.RETRY

@@ -358,14 +358,14 @@ def test_a_batch_that_fails_to_apply_is_retried_event_by_event_and_only_the_culp
     from campaign import reconcile
 
     mid = seed(db)
-    real = reconcile._apply_inbound
+    real = reconcile.apply_inbound
 
-    def flaky(session, inbound, preferences, rules):  # type: ignore[no-untyped-def]
+    def flaky(session, inbound, preferences, **words):  # type: ignore[no-untyped-def]
         if any(m.wa_id == "4915100000666" for m in inbound):
             raise RuntimeError("a bug met a strange body")
-        return real(session, inbound, preferences, rules)
+        return real(session, inbound, preferences, **words)
 
-    monkeypatch.setattr(reconcile, "_apply_inbound", flaky)
+    monkeypatch.setattr(reconcile, "apply_inbound", flaky)
     stats = deliver(db, body(status("wamid.A", "delivered", T)),
                     body(messages=[inbound("4915100000666", T, text={"body": "hi"})]),
                     body(status("wamid.A", "read", T + 9), messages=[inbound(WA_ID, T, text={"body": "STOP"})]))

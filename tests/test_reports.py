@@ -1,4 +1,5 @@
-"""Reports (reports.py): one row per recipient in four formats, the summary's figures, the chart.
+"""Reports out: one row per recipient in four formats (export.py), the summary's figures
+(summary.py) and their text (render.py), the chart (chart.py).
 
 The database tests share one hand-built campaign, `spring`, with a message in every state
 and known times, so every figure of the summary has an exact expected value.
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select, update
 
-from campaign import campaigns, reports
+from campaign import campaigns, chart, export, render, summary
 from campaign.db import Database
 from campaign.exceptions import CampaignError
 from campaign.importer import ImportOptions, import_file
@@ -82,7 +83,7 @@ def build_spring(db: Database, name: str = "spring") -> list[int]:
 
 def report_text(db: Database, **options: Any) -> str:
     stream = io.StringIO()
-    reports.write_report(db, "spring", stream, **options)
+    export.write_report(db, "spring", stream, **options)
     return stream.getvalue()
 
 
@@ -94,39 +95,39 @@ def report_rows(db: Database, **options: Any) -> list[dict[str, str]]:
 
 
 def test_csv_columns_that_collide_with_ours_get_a_prefix() -> None:
-    assert reports.output_names(["name", "phone", "status", "csv_phone2"]) == ["name", "csv_phone", "csv_status", "csv_phone2"]
-    assert reports.output_names(["csv_phone", "phone"]) == ["csv_phone", "csv_csv_phone"]
+    assert export.output_names(["name", "phone", "status", "csv_phone2"]) == ["name", "csv_phone", "csv_status", "csv_phone2"]
+    assert export.output_names(["csv_phone", "phone"]) == ["csv_phone", "csv_csv_phone"]
 
 
 def test_statuses_are_parsed_from_a_comma_list_or_a_sequence() -> None:
-    assert reports.parse_statuses("delivered, read,FAILED") == ["delivered", "read", "failed"]
-    assert reports.parse_statuses(["delivered,read", "read"]) == ["delivered", "read"]
-    assert reports.parse_statuses(None) is None
+    assert export.parse_statuses("delivered, read,FAILED") == ["delivered", "read", "failed"]
+    assert export.parse_statuses(["delivered,read", "read"]) == ["delivered", "read"]
+    assert export.parse_statuses(None) is None
 
 
 def test_an_unknown_status_name_is_named_in_the_error() -> None:
     with pytest.raises(CampaignError, match="unknown status 'deliverd'"):
-        reports.parse_statuses("read,deliverd")
+        export.parse_statuses("read,deliverd")
 
 
 def test_bin_width_keeps_the_timeline_under_the_bin_limit() -> None:
-    assert reports.bin_width(90) == 1
-    assert reports.bin_width(12_500) == 120  # a million at 80 MPS: 105 bins of 2 minutes
-    assert reports.bin_width(40 * 86400) == 43200
-    assert reports.bin_width(100 * 86400) == 86400
-    assert 200 * 86400 / reports.bin_width(200 * 86400) <= reports.MAX_BINS
+    assert chart.bin_width(90) == 1
+    assert chart.bin_width(12_500) == 120  # a million at 80 MPS: 105 bins of 2 minutes
+    assert chart.bin_width(40 * 86400) == 43200
+    assert chart.bin_width(100 * 86400) == 86400
+    assert 200 * 86400 / chart.bin_width(200 * 86400) <= chart.MAX_BINS
 
 
 def test_file_names_choose_the_format_and_the_default_path_follows_it() -> None:
-    assert [reports.format_for_path(p) for p in ("r.xlsx", "r.PARQUET", "r.jsonl", "r.json", "r.txt")] == [
+    assert [export.format_for_path(p) for p in ("r.xlsx", "r.PARQUET", "r.jsonl", "r.json", "r.txt")] == [
         "xlsx", "parquet", "json", "json", "csv"]
-    assert reports.default_path("spring sale/2026") == Path("spring_sale_2026-report.csv")
-    assert reports.default_path("spring", "json") == Path("spring-report.jsonl")
+    assert export.default_path("spring sale/2026") == Path("spring_sale_2026-report.csv")
+    assert export.default_path("spring", "json") == Path("spring-report.jsonl")
 
 
 def test_csv_quotes_only_the_values_that_need_it() -> None:
-    lines = reports.csv_lines([pa.array(["plain", 'say "hi"', "a,b", "two\nlines", None, ""]),
-                               pa.array([1, None, 3, 4, 5, 6], pa.int64())])
+    lines = export.csv_lines([pa.array(["plain", 'say "hi"', "a,b", "two\nlines", None, ""]),
+                              pa.array([1, None, 3, 4, 5, 6], pa.int64())])
     text = bytes(lines).decode() + "\n"
     assert text.startswith("plain,1\n")
     assert list(csv.reader(io.StringIO(text))) == [
@@ -137,7 +138,7 @@ def test_csv_quotes_only_the_values_that_need_it() -> None:
 def test_json_lines_are_what_json_reads_back(control: bool) -> None:
     texts = ['say "hi"', "back\\slash", "Zoë 😀 \u2028", None, "", "tab\there" if control else "no tab"]
     codes = [1, None, 3, 4, 5, 6]
-    lines = bytes(reports.json_lines([pa.array(texts), pa.array(codes, pa.int64())], ["a\"b", "n"])).decode()
+    lines = bytes(export.json_lines([pa.array(texts), pa.array(codes, pa.int64())], ["a\"b", "n"])).decode()
     assert [json.loads(line) for line in lines.split("\n")] == [{'a"b': t, "n": c} for t, c in zip(texts, codes)]
 
 
@@ -149,7 +150,7 @@ def test_header_is_the_interface_columns_then_the_original_csv_columns(db: Datab
     header = report_text(db).splitlines()[0]
     assert header == ("phone,wa_id,status,wamid,error_code,error_title,sent_at,delivered_at,read_at,failed_at,"
                       "csv_phone,name,order")
-    assert header.split(",")[: len(reports.COLUMNS)] == reports.COLUMNS
+    assert header.split(",")[: len(export.COLUMNS)] == export.COLUMNS
 
 
 def test_rows_follow_the_file_order_and_carry_their_csv_values(db: Database) -> None:
@@ -183,7 +184,7 @@ def test_every_state_is_reported_with_its_error_and_iso_utc_times(db: Database) 
     assert rows[PHONES[9]]["wamid"] == ""
     for row in rows.values():
         assert row["phone"].startswith("+")
-        for column in reports.TIME_COLUMNS:
+        for column in export.TIME_COLUMNS:
             assert row[column] == "" or ISO_UTC.match(row[column]), row[column]
 
 
@@ -191,34 +192,34 @@ def test_status_filter_keeps_only_those_states(db: Database) -> None:
     build_spring(db)
     rows = report_rows(db, statuses="delivered,read")
     assert sorted(r["status"] for r in rows) == ["delivered", "delivered", "read", "read"]
-    result = reports.write_report(db, "spring", io.BytesIO(), statuses=["failed"])
+    result = export.write_report(db, "spring", io.BytesIO(), statuses=["failed"])
     assert result.rows == 3
 
 
 def test_a_filter_that_matches_nothing_writes_the_header_alone(db: Database) -> None:
     seed(db, "spring", PHONES[:2])
-    assert report_text(db, statuses=["read"]) == ",".join(reports.COLUMNS + ["name", "order"]) + "\n"
+    assert report_text(db, statuses=["read"]) == ",".join(export.COLUMNS + ["name", "order"]) + "\n"
 
 
 def test_an_unknown_status_is_refused_before_anything_is_written(db: Database, tmp_path: Path) -> None:
     seed(db, "spring", PHONES[:2])
     with pytest.raises(CampaignError, match="unknown status 'bounced'"):
-        reports.write_report(db, "spring", tmp_path / "r.csv", statuses="delivered,bounced")
+        export.write_report(db, "spring", tmp_path / "r.csv", statuses="delivered,bounced")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".csv", ".partial"))]
 
 
 def test_a_missing_campaign_is_an_error(db: Database, tmp_path: Path) -> None:
     with pytest.raises(CampaignError, match="no campaign named 'autumn'"):
-        reports.write_report(db, "autumn", tmp_path / "r.csv")
+        export.write_report(db, "autumn", tmp_path / "r.csv")
     assert not (tmp_path / "r.csv").exists()
     with pytest.raises(CampaignError, match="no campaign named 'autumn'"):
-        reports.summary(db, "autumn")
+        summary.summary(db, "autumn")
 
 
 def test_an_unknown_format_is_an_error(db: Database) -> None:
     seed(db, "spring", PHONES[:1])
     with pytest.raises(CampaignError, match="--format 'html'"):
-        reports.write_report(db, "spring", io.BytesIO(), fmt="html")
+        export.write_report(db, "spring", io.BytesIO(), fmt="html")
 
 
 def _normalized(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -254,13 +255,13 @@ def _read_back(fmt: str, path: Path) -> pd.DataFrame:
 def test_every_format_round_trips_the_same_rows(db: Database, tmp_path: Path, fmt: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     build_spring(db)
-    monkeypatch.setattr(reports, "CHUNK_ROWS", 5)  # several chunks, so their seams are tested too
-    path = tmp_path / f"spring{reports.SUFFIXES[fmt]}"
-    result = reports.write_report(db, "spring", path, fmt=fmt)
+    monkeypatch.setattr(export, "CHUNK_ROWS", 5)  # several chunks, so their seams are tested too
+    path = tmp_path / f"spring{export.SUFFIXES[fmt]}"
+    result = export.write_report(db, "spring", path, fmt=fmt)
     assert (result.rows, result.path, result.format) == (12, path, fmt)
 
     frame = _read_back(fmt, path)
-    assert list(frame.columns) == reports.COLUMNS + ["csv_phone", "name", "order"]
+    assert list(frame.columns) == export.COLUMNS + ["csv_phone", "name", "order"]
     expected = _normalized(pd.read_csv(io.StringIO(report_text(db)), dtype=str, keep_default_na=False))
     assert _normalized(frame) == expected
     assert [r["phone"] for r in expected] == PHONES[::-1]
@@ -269,7 +270,7 @@ def test_every_format_round_trips_the_same_rows(db: Database, tmp_path: Path, fm
 
 def test_parquet_has_a_typed_schema(db: Database, tmp_path: Path) -> None:
     build_spring(db)
-    reports.write_report(db, "spring", tmp_path / "r.parquet", fmt="parquet")
+    export.write_report(db, "spring", tmp_path / "r.parquet", fmt="parquet")
     schema = pq.read_schema(tmp_path / "r.parquet")
     assert schema.field("error_code").type == pa.int64()
     assert schema.field("sent_at").type == pa.timestamp("ms", tz="UTC")
@@ -281,21 +282,21 @@ def test_json_is_one_object_per_line_with_nulls_for_unknown(db: Database) -> Non
     lines = report_text(db, fmt="json").splitlines()
     assert len(lines) == 12
     failed = next(json.loads(line) for line in lines if '"wamid.7"' in line)
-    assert list(failed) == reports.COLUMNS + ["csv_phone", "name", "order"]
+    assert list(failed) == export.COLUMNS + ["csv_phone", "name", "order"]
     assert failed["error_code"] == 131026 and failed["read_at"] is None
 
 
 def test_a_report_goes_to_a_binary_or_a_text_stream(db: Database) -> None:
     build_spring(db)
     binary = io.BytesIO()
-    result = reports.write_report(db, "spring", binary)
+    result = export.write_report(db, "spring", binary)
     assert result.path is None and result.rows == 12
     assert binary.getvalue().decode() == report_text(db)
     parquet = io.BytesIO()
-    reports.write_report(db, "spring", parquet, fmt="parquet")
+    export.write_report(db, "spring", parquet, fmt="parquet")
     assert pq.ParquetFile(pa.BufferReader(parquet.getvalue())).read().num_rows == 12
     with pytest.raises(CampaignError, match="binary"):
-        reports.write_report(db, "spring", io.StringIO(), fmt="xlsx")
+        export.write_report(db, "spring", io.StringIO(), fmt="xlsx")
 
 
 def test_a_failed_report_leaves_no_file(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,28 +308,28 @@ def test_a_failed_report_leaves_no_file(db: Database, tmp_path: Path, monkeypatc
         sink.write(b"half a report")
         raise RuntimeError("disk gone")
 
-    monkeypatch.setitem(reports._WRITERS, "csv", broken)
+    monkeypatch.setitem(export._WRITERS, "csv", broken)
     with pytest.raises(RuntimeError):
-        reports.write_report(db, "spring", target)
+        export.write_report(db, "spring", target)
     assert target.read_text() == "the previous report\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_xlsx_is_refused_above_excels_row_limit(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     build_spring(db)
-    monkeypatch.setattr(reports, "EXCEL_MAX_ROWS", 12)  # 12 rows + the header do not fit
+    monkeypatch.setattr(export, "EXCEL_MAX_ROWS", 12)  # 12 rows + the header do not fit
     with pytest.raises(CampaignError, match=r"campaign 'spring': 12 rows do not fit in Excel's 12-row sheet") as error:
-        reports.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx")
+        export.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "r.xlsx").exists()
-    assert reports.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx", statuses="read").rows == 2
+    assert export.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx", statuses="read").rows == 2
 
 
 def test_xlsx_keeps_text_that_looks_like_a_formula_as_text(db: Database, tmp_path: Path) -> None:
     build_spring(db)
     with db.session() as session:
         session.execute(update(Message).values(params={"name": "=HYPERLINK(\"http://x\")", "note": "bell\x07"}))
-    reports.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx")
+    export.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx")
     from openpyxl import load_workbook
 
     sheet = load_workbook(tmp_path / "r.xlsx", read_only=True)["report"]
@@ -345,7 +346,7 @@ def test_rows_from_no_import_contribute_every_key_in_order_of_appearance(db: Dat
     rows = {r["phone"]: r for r in report_rows(db)}
     header = list(next(iter(rows.values())))
     # The first rows' keys in their order; keys other rows add come after (in scan order).
-    assert header[:13] == reports.COLUMNS + ["csv_phone", "name", "order"]
+    assert header[:13] == export.COLUMNS + ["csv_phone", "name", "order"]
     assert sorted(header[13:]) == ["extra", "tier"]
     assert (rows[PHONES[3]]["extra"], rows[PHONES[3]]["order"]) == ("e", "")
     assert rows[PHONES[5]]["tier"] == "7"  # a script's number comes out as text
@@ -361,7 +362,7 @@ def test_imported_columns_come_in_file_order_across_imports(db: Database, tmp_pa
     for path in (first, second):
         import_file(db, "spring", path, ImportOptions(rejects_path=tmp_path / "rejects.csv"))
     rows = report_rows(db)
-    assert list(rows[0]) == reports.COLUMNS + ["name", "csv_phone", "city", "tier"]
+    assert list(rows[0]) == export.COLUMNS + ["name", "csv_phone", "city", "tier"]
     by_phone = {r["phone"]: r for r in rows}
     assert by_phone["+4915123000002"]["city"] == "Bonn, Rhein"
     assert by_phone["+4915123000003"]["tier"] == "gold" and by_phone["+4915123000003"]["city"] == ""
@@ -373,7 +374,7 @@ def test_imported_columns_come_in_file_order_across_imports(db: Database, tmp_pa
 
 def test_summary_figures_of_a_known_campaign(db: Database) -> None:
     build_spring(db)
-    s = reports.summary(db, "spring", now=NOW)
+    s = summary.summary(db, "spring", now=NOW)
     assert s.counts == {"queued": 1, "sending": 1, "sent": 1, "delivered": 2, "read": 2, "failed": 3,
                         "skipped": 1, "cancelled": 1}
     assert s.total == 12
@@ -383,12 +384,12 @@ def test_summary_figures_of_a_known_campaign(db: Database) -> None:
     assert s.delivery_rate == pytest.approx(4 / 7)
     assert s.read_rate == 0.5
     # Sent → delivered: 2, 4, 1 and 8 s; numpy's percentiles of [1, 2, 4, 8] are 3.0 and 6.8.
-    assert s.time_to_deliver == reports.Durations(count=4, median=3.0, p90=6.8)
-    assert s.time_to_read == reports.Durations(count=2, median=90.0, p90=114.0)
+    assert s.time_to_deliver == summary.Durations(count=4, median=3.0, p90=6.8)
+    assert s.time_to_read == summary.Durations(count=2, median=90.0, p90=114.0)
     assert [(g.code, g.count, g.title) for g in s.failures] == [
         (131026, 2, "Message undeliverable"), (131008, 1, "Required parameter is missing")]
     assert s.failures[0].meaning.startswith("undeliverable") and "unreachable" in s.failures[0].advice
-    assert s.skipped == [reports.ReasonCount("opted out", 1)]
+    assert s.skipped == [summary.ReasonCount("opted out", 1)]
     assert (s.waiting_for_status, s.in_doubt, s.in_flight, s.retry_pending) == (1, 1, 0, 1)
     assert (s.retried, s.pair_limited, s.throttled) == (1, 1, 1)
     assert [(g.code, g.count) for g in s.retry_errors] == [(130429, 1), (131000, 1), (131056, 1)]
@@ -397,22 +398,22 @@ def test_summary_figures_of_a_known_campaign(db: Database) -> None:
 
 def test_summary_before_anything_was_sent_has_no_rates(db: Database) -> None:
     seed(db, "spring", PHONES[:3])
-    s = reports.summary(db, "spring", now=NOW)
+    s = summary.summary(db, "spring", now=NOW)
     assert (s.total, s.handed_to_meta, s.delivery_rate, s.read_rate) == (3, 0, None, None)
-    assert s.time_to_deliver == reports.Durations(0, None, None)
-    assert "Delivery rate -" in reports.format_summary(s)
+    assert s.time_to_deliver == summary.Durations(0, None, None)
+    assert "Delivery rate -" in render.format_summary(s)
 
 
 def test_a_sent_message_counts_as_waiting_only_after_the_waiting_time(db: Database) -> None:
     build_spring(db)
-    assert reports.summary(db, "spring", now=at(30)).waiting_for_status == 0
-    assert reports.summary(db, "spring", now=at(30), waiting_after=timedelta(seconds=10)).waiting_for_status == 1
+    assert summary.summary(db, "spring", now=at(30)).waiting_for_status == 0
+    assert summary.summary(db, "spring", now=at(30), waiting_after=timedelta(seconds=10)).waiting_for_status == 1
 
 
 def test_summary_text_and_json(db: Database) -> None:
     build_spring(db)
-    s = reports.summary(db, "spring", now=NOW)
-    text = reports.format_summary(s)
+    s = summary.summary(db, "spring", now=NOW)
+    text = render.format_summary(s)
     assert "Delivery rate 57.1% (4 delivered or read of 7 accepted by Meta)" in text
     assert "Read rate     50.0%" in text
     assert "median 3.0 s, 90% within 6.8 s" in text
@@ -428,7 +429,7 @@ def test_summary_text_and_json(db: Database) -> None:
 
 def test_timeline_counts_each_event_once(db: Database) -> None:
     build_spring(db)
-    line = reports.timeline(db, "spring")
+    line = chart.timeline(db, "spring")
     assert (line.start, line.width) == (at(0), 2)  # 160 s of events in bins of 2 s
     assert {event: sum(counts) for event, counts in line.events.items()} == {
         "sent": 7, "delivered": 4, "read": 2, "failed": 3}
@@ -439,7 +440,7 @@ def test_chart_is_a_png_with_two_panels_worth_of_pixels(db: Database, tmp_path: 
     from matplotlib.image import imread
 
     build_spring(db)
-    path = reports.write_chart(db, "spring", tmp_path / "chart.png")
+    path = chart.write_chart(db, "spring", tmp_path / "chart.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 20_000
@@ -449,5 +450,5 @@ def test_chart_is_a_png_with_two_panels_worth_of_pixels(db: Database, tmp_path: 
 
 def test_chart_of_a_campaign_not_sent_yet(db: Database, tmp_path: Path) -> None:
     seed(db, "spring", PHONES[:3])
-    path = reports.write_chart(db, "spring", tmp_path / "chart.png")
+    path = chart.write_chart(db, "spring", tmp_path / "chart.png")
     assert path.read_bytes()[:4] == b"\x89PNG"

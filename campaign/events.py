@@ -1,0 +1,280 @@
+"""The parsing of Meta's webhook bodies into typed items: pure, no database.
+
+`parse_event` walks every `entry → changes → value` of one stored body and returns its items,
+parsed and validated completely before the reconciler (reconcile.py) applies anything:
+
+- `statuses[]` become `StatusItem`s (`parse_status`): the wamid, the status, its time, the
+  recipient, `biz_opaque_callback_data` (the outbox id the dispatcher sent), the pricing
+  category and the error of a `failed` status. A status word that does not move a message is
+  noted and ignored.
+- `messages[]` (inbound) become `InboundItem`s, with the texts that may carry an opt-out or
+  opt-in word: typed, sent as a quick-reply button or an interactive reply. Types that are
+  not the user writing to the business (a number change, a deleted or edited message, a
+  reaction) are noted, not applied.
+- `user_preferences` (the user stopped or resumed marketing in WhatsApp) become
+  `PreferenceItem`s.
+- out-of-band `errors[]`, template status / quality updates, account updates and unknown
+  fields become notes to log (a template paused, disabled or rejected, or a quality drop, as
+  a warning) and are kept: the raw body stays in `webhook_events`.
+
+A body that is not a well-formed webhook (invalid JSON, wrong types, huge numbers, deep
+nesting) raises `Malformed`: nothing is applied from it, and its event is marked processed
+with that error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from campaign.statuses import STATUS_WORDS, StatusError
+
+# Inbound types that are not the user writing to the business: they do not open the
+# 24-hour window (a number change, a deleted or edited message). Reactions are left out
+# too: Meta does not say that they open it, and a wrongly open window costs a failed
+# free-form message (131047) while a wrongly closed one only costs a template.
+_NOT_WINDOW_OPENING = frozenset({"system", "revoke", "reaction", "edit", "deleted", "ephemeral"})
+_WA_ID = re.compile(r"[1-9][0-9]{5,14}")
+"""A WhatsApp user id as Meta sends it: the E.164 digits without `+` (at most 15)."""
+_MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
+_MAX_ERROR_CODE = 2**53
+_QUALITY = {"GREEN": 3, "YELLOW": 2, "RED": 1}
+_BAD_TEMPLATE_EVENTS = frozenset({"PAUSED", "DISABLED", "REJECTED", "FLAGGED", "PENDING_DELETION"})
+
+
+class Malformed(ValueError):
+    """A body that is not a well-formed webhook; its event gets this as its error."""
+
+
+@dataclass(frozen=True)
+class StatusItem:
+    wamid: str
+    status: str
+    at: datetime
+    recipient_id: str | None
+    callback_data: str | None
+    pricing_category: str | None
+    error: StatusError | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InboundItem:
+    wa_id: str
+    at: datetime
+    type: str
+    words: tuple[str, ...]
+    """Texts that may carry an opt-out or opt-in word: the body, a button's payload and
+    text, an interactive reply's id and title."""
+
+
+@dataclass(frozen=True)
+class PreferenceItem:
+    wa_id: str
+    at: datetime
+    value: str
+
+
+@dataclass
+class ParsedEvent:
+    statuses: list[StatusItem] = field(default_factory=list)
+    inbound: list[InboundItem] = field(default_factory=list)
+    preferences: list[PreferenceItem] = field(default_factory=list)
+    notes: list[tuple[int, str]] = field(default_factory=list)
+    """(logging level, message) to log once the event is applied."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise Malformed(f"{name} is not JSON")
+
+
+def parse_event(body: bytes) -> ParsedEvent:
+    """The items of one webhook body, or Malformed: nothing is applied from a bad body."""
+    try:
+        doc = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise Malformed("nested too deeply") from None
+    except (ValueError, TypeError) as exc:
+        raise Malformed(f"not JSON: {str(exc)[:200]}") from None
+    event = ParsedEvent()
+    obj = _dict(doc, "body")
+    if obj.get("object") != "whatsapp_business_account":
+        event.notes.append((logging.INFO, f"webhook for object {str(obj.get('object'))[:80]!r} ignored"))
+        return event
+    for entry in _list(obj.get("entry"), "entry"):
+        entry = _dict(entry, "entry[]")
+        for change in _list(entry.get("changes", []), "entry[].changes"):
+            change = _dict(change, "changes[]")
+            name = change.get("field")
+            value = _dict(change.get("value", {}), "changes[].value")
+            if name == "messages":
+                _parse_messages_value(value, event)
+            elif name == "user_preferences":
+                for item in _list(value.get("user_preferences", []), "user_preferences"):
+                    _parse_preference(_dict(item, "user_preferences[]"), event)
+            elif name == "message_template_status_update":
+                _note_template_status(value, event)
+            elif name == "message_template_quality_update":
+                _note_template_quality(value, event)
+            elif name == "account_update":
+                kind = _short(value.get("event"))
+                level = logging.WARNING if kind in ("ACCOUNT_RESTRICTION", "ACCOUNT_VIOLATION", "DISABLED_UPDATE",
+                                                    "ACCOUNT_DELETED", "ACCOUNT_OFFBOARDED") else logging.INFO
+                event.notes.append((level, f"account update {kind}: {_short(value, 300)}"))
+            else:
+                event.notes.append((logging.INFO, f"webhook field {_short(name)} kept, not applied"))
+    return event
+
+
+def _parse_messages_value(value: dict[str, Any], event: ParsedEvent) -> None:
+    for raw in _list(value.get("statuses", []), "statuses"):
+        item = parse_status(_dict(raw, "statuses[]"))
+        if item is None:
+            event.notes.append((logging.INFO, f"status {_short(raw.get('status'))} ignored (not a delivery status)"))
+        else:
+            event.statuses.append(item)
+    for raw in _list(value.get("messages", []), "messages"):
+        _parse_inbound(_dict(raw, "messages[]"), event)
+    for raw in _list(value.get("errors", []), "errors"):
+        error = _dict(raw, "errors[]")
+        event.notes.append((logging.WARNING, f"webhook error {_short(error.get('code'))}: {_short(error.get('title'))} "
+                                             f"({_short(_get(error, 'error_data', 'details'), 200)})"))
+
+
+def parse_status(raw: dict[str, Any]) -> StatusItem | None:
+    """One `statuses[]` item; None for a status word that does not move a message."""
+    wamid = _str(raw.get("id"), "statuses[].id")
+    if not 1 <= len(wamid) <= 128:
+        raise Malformed("statuses[].id is not a message id")
+    status = _str(raw.get("status"), "statuses[].status")
+    at = _time(raw.get("timestamp"), "statuses[].timestamp")
+    recipient = _opt_str(raw.get("recipient_id"), "statuses[].recipient_id")
+    callback = _opt_str(raw.get("biz_opaque_callback_data"), "statuses[].biz_opaque_callback_data")
+    pricing = _dict(raw.get("pricing", {}), "statuses[].pricing")
+    category = _opt_str(pricing.get("category"), "statuses[].pricing.category")
+    error = None
+    errors = _list(raw.get("errors", []), "statuses[].errors")
+    if errors:
+        first = _dict(errors[0], "statuses[].errors[]")
+        code = first.get("code")
+        if code is not None and (type(code) is not int or not 0 <= code < _MAX_ERROR_CODE):
+            raise Malformed("statuses[].errors[].code is not an error code")
+        title = _opt_str(first.get("title"), "statuses[].errors[].title")
+        message = _opt_str(first.get("message"), "statuses[].errors[].message")
+        details = _opt_str(_dict(first.get("error_data", {}), "error_data").get("details"), "error_data.details")
+        error = StatusError(code, title or message, details or message)
+    if status not in STATUS_WORDS:
+        return None
+    return StatusItem(
+        wamid=wamid,
+        status=status,
+        at=at,
+        recipient_id=recipient if recipient and _WA_ID.fullmatch(recipient) else None,
+        callback_data=callback,
+        pricing_category=category[:32] if category else None,
+        error=error,
+        payload=raw,
+    )
+
+
+def _parse_inbound(raw: dict[str, Any], event: ParsedEvent) -> None:
+    sender = _str(raw.get("from"), "messages[].from")
+    at = _time(raw.get("timestamp"), "messages[].timestamp")
+    kind = _opt_str(raw.get("type"), "messages[].type") or "unknown"
+    if not _WA_ID.fullmatch(sender):
+        event.notes.append((logging.INFO, f"inbound {kind} from {sender[:40]!r} ignored: not a phone number"))
+        return
+    if kind in _NOT_WINDOW_OPENING:
+        event.notes.append((logging.INFO, f"inbound {kind} from {sender} kept, not applied"))
+        return
+    words: list[str | None] = []
+    if kind == "text":
+        words.append(_opt_str(_dict(raw.get("text", {}), "text").get("body"), "text.body"))
+    elif kind == "button":
+        button = _dict(raw.get("button", {}), "button")
+        words += [_opt_str(button.get("payload"), "button.payload"), _opt_str(button.get("text"), "button.text")]
+    elif kind == "interactive":
+        interactive = _dict(raw.get("interactive", {}), "interactive")
+        for reply in ("button_reply", "list_reply"):
+            chosen = _dict(interactive.get(reply, {}), f"interactive.{reply}")
+            words += [_opt_str(chosen.get("id"), f"{reply}.id"), _opt_str(chosen.get("title"), f"{reply}.title")]
+    event.inbound.append(InboundItem(sender, at, kind, tuple(w for w in words if w)))
+
+
+def _parse_preference(raw: dict[str, Any], event: ParsedEvent) -> None:
+    wa_id = _str(raw.get("wa_id"), "user_preferences[].wa_id")
+    value = _str(raw.get("value"), "user_preferences[].value")
+    category = _opt_str(raw.get("category"), "user_preferences[].category")
+    at = _time(raw.get("timestamp"), "user_preferences[].timestamp")
+    if category != "marketing_messages" or value not in ("stop", "resume", "signup") or not _WA_ID.fullmatch(wa_id):
+        event.notes.append((logging.INFO, f"user preference {_short(category)}={_short(value)} for {wa_id[:40]!r} ignored"))
+        return
+    event.preferences.append(PreferenceItem(wa_id, at, value))
+
+
+def _note_template_status(value: dict[str, Any], event: ParsedEvent) -> None:
+    status = _short(value.get("event"))
+    name = f"{_short(value.get('message_template_name'))} ({_short(value.get('message_template_language'))})"
+    if status in _BAD_TEMPLATE_EVENTS:
+        event.notes.append((logging.WARNING, f"template {name} is {status}: reason {_short(value.get('reason'))}; "
+                                             "campaigns using it will fail (132015/132016/132001)"))
+    else:
+        event.notes.append((logging.INFO, f"template {name} is {status}"))
+
+
+def _note_template_quality(value: dict[str, Any], event: ParsedEvent) -> None:
+    before, after = _short(value.get("previous_quality_score")), _short(value.get("new_quality_score"))
+    name = f"{_short(value.get('message_template_name'))} ({_short(value.get('message_template_language'))})"
+    dropped = _QUALITY.get(after, 0) < _QUALITY.get(before, 0)
+    event.notes.append((logging.WARNING if dropped else logging.INFO, f"template {name} quality {before} -> {after}"))
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise Malformed(f"{what} is not an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise Malformed(f"{what} is not a list")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise Malformed(f"{what} is not a string")
+    return value
+
+
+def _opt_str(value: Any, what: str) -> str | None:
+    return None if value is None else _str(value, what)
+
+
+def _get(obj: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)  # type: ignore[assignment]
+    return obj
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    return str(value)[:limit]
+
+
+def _time(value: Any, what: str) -> datetime:
+    """Meta's unix seconds (a string in statuses and messages, a number in user_preferences)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        seconds = int(value)
+    elif type(value) is int:
+        seconds = value
+    else:
+        raise Malformed(f"{what} is not a unix time")
+    if not 0 <= seconds <= _MAX_TIMESTAMP:
+        raise Malformed(f"{what} is out of range")
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
