@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from dispatch_helpers import SENDER, TOKEN, campaign_row, dispatcher, phones, ru
 
 from campaign import campaigns  # noqa: E402
 from campaign.db import Database  # noqa: E402
-from campaign.clock import utcnow  # noqa: E402
+from campaign.clock import FakeClock, utcnow  # noqa: E402
 from campaign.models import Contact, Message  # noqa: E402
 from campaign.sandbox.config import SandboxConfig  # noqa: E402
 from campaign.sandbox.server import SandboxServer  # noqa: E402
@@ -115,32 +117,34 @@ def test_suppressed_recipients_are_skipped(db: Database, sandbox: SandboxServer)
 
 
 def test_pause_stops_sending_within_a_second_and_resume_finishes_without_duplicates(db: Database, tmp_path: Path) -> None:
-    campaign_id = seed(db, "spring", phones(300))
+    campaign_id = seed(db, "spring", phones(150))
     with sandbox_process(tmp_path, mps=80, pair_interval=0, latency_ms=[20, 60]) as sandbox:
         worker = dispatcher(db, sandbox.url, mps=50)
         thread = threading.Thread(target=lambda: __import__("asyncio").run(worker.run()))
         thread.start()
         try:
-            time.sleep(1.5)
+            deadline = time.time() + 20
+            while states(db, campaign_id).get("sent", 0) < 20 and time.time() < deadline:
+                time.sleep(0.05)
             with db.session() as session:
                 campaigns.pause(session, campaigns.get(session, "spring"))
             paused_at = time.time()
-            time.sleep(2.0)
+            time.sleep(1.5)  # a pause is a promise in real time: requests reaching Meta
             late = [e for e in sandbox.ledger() if e["wall"] > paused_at + 1.0]
             assert late == [], f"{len(late)} requests arrived more than 1 s after the pause"
             sent_while_paused = states(db, campaign_id)
-            assert 0 < sent_while_paused.get("sent", 0) < 300 and sent_while_paused.get("sending", 0) == 0, sent_while_paused
+            assert 0 < sent_while_paused.get("sent", 0) < 150 and sent_while_paused.get("sending", 0) == 0, sent_while_paused
             with db.session() as session:
                 campaigns.resume(session, campaigns.get(session, "spring"))
             deadline = time.time() + 20
-            while states(db, campaign_id).get("sent", 0) < 300 and time.time() < deadline:
+            while states(db, campaign_id).get("sent", 0) < 150 and time.time() < deadline:
                 time.sleep(0.2)
         finally:
             worker.stop()
             thread.join(10)
         figures = sandbox.figures()
-    assert states(db, campaign_id) == {"sent": 300}
-    assert figures["accepted"] == 300 and figures["duplicate_sends"] == 0
+    assert states(db, campaign_id) == {"sent": 150}
+    assert figures["accepted"] == 150 and figures["duplicate_sends"] == 0
 
 
 def test_cancel_ends_the_campaign_and_cancels_what_was_queued(db: Database, sandbox: SandboxServer) -> None:
@@ -162,22 +166,45 @@ def test_a_campaign_without_a_sender_is_paused_with_the_reason(db: Database, san
 
 
 def test_the_messaging_limit_holds_new_conversations_until_the_window_rolls(db: Database, sandbox: SandboxServer) -> None:
-    import asyncio
-
     first = seed(db, "first", phones(4))
     second = seed(db, "second", phones(6, start=2))  # two recipients shared with the first campaign
-    worker = dispatcher(db, sandbox.url, mps=200, daily_unique_limit=6)
+    clock = FakeClock(utcnow())
+    worker = dispatcher(db, sandbox.url, mps=200, daily_unique_limit=6, clock=clock)
 
-    async def run_for(seconds: float) -> None:
+    def sent() -> int:
+        return states(db, first).get("sent", 0) + states(db, second).get("sent", 0)
+
+    def held_until() -> set[datetime | None]:
+        with db.read_session() as session:
+            return set(session.scalars(select(Message.next_attempt_at).where(Message.state == "queued")))
+
+    async def scenario() -> None:
         task = asyncio.create_task(worker.run())
-        await asyncio.sleep(seconds)
-        worker.stop()
-        await task
+        try:
+            await until(lambda: sent() == 6)  # six people, once each
+            clock.advance(1.0)  # past the pair margin: the shared two's second messages are due
+            await until(lambda: sent() == 8)
+            with db.read_session() as session:
+                reached = set(session.scalars(select(Contact.phone).join(Message, Message.contact_id == Contact.id)
+                                              .where(Message.state == "sent")))
+            assert len(reached) == 6  # six distinct people; the shared two cost the budget once
+            assert states(db, second).get("queued", 0) == 2
+            rolled = clock.now() + timedelta(hours=24)
+            clock.advance(timedelta(hours=23, minutes=59))  # still inside the moving 24 hours
+            await until(lambda: held_until() == {clock.now() + timedelta(minutes=1)})
+            assert sent() == 8
+            clock.advance(rolled - clock.now() + timedelta(seconds=1))
+            await until(lambda: sent() == 10)
+        finally:
+            worker.stop()
+            await task
 
-    asyncio.run(run_for(3.0))
-    with db.read_session() as session:
-        reached = set(session.scalars(select(Contact.phone).join(Message, Message.contact_id == Contact.id)
-                                      .where(Message.state == "sent")))
-    assert len(reached) == 6  # six distinct people; the shared two cost the budget once
-    assert states(db, first).get("sent", 0) + states(db, second).get("sent", 0) == 8
-    assert states(db, second).get("queued", 0) == 2  # the rest wait for the 24-hour window to roll
+    asyncio.run(scenario())
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Real time passes here only for the worker's requests and database round trips."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
