@@ -13,6 +13,8 @@ Modules: ``config`` (settings), ``templates`` (the template registry), ``meta_er
 codes and bodies), ``recipients`` (wa_id and scripted recipients), ``rules`` (validation, limits,
 windows), ``ledger`` (what arrived, and figures), ``webhooks`` (status and inbound webhooks),
 ``emulator`` (the live ``Sandbox``), ``app`` (HTTP), ``server`` (running it).
+Graph paths: ``POST /{version}/{phone-number-id}/messages``, ``.../contacts``, ``.../media``
+(uploads) and ``GET /{version}/{waba-id}/message_templates``.
 Controls live under ``/_sandbox/``: ``health``, ``config`` (GET, PATCH), ``reset``, ``ledger``,
 ``figures``, ``inbound``, ``window``, ``marketing-preferences``, ``webhooks``.
 """

@@ -13,6 +13,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -20,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from campaign.sandbox import meta_errors
 from campaign.sandbox.config import SandboxConfig
-from campaign.sandbox.emulator import ControlError, Reply, Sandbox
+from campaign.sandbox.emulator import ControlError, Reply, Sandbox, UploadForm
 
 logger = logging.getLogger("campaign.sandbox")
 
@@ -103,11 +105,29 @@ def create_app(config: SandboxConfig) -> Starlette:
         return _respond(reply)
 
     async def message_templates(request: Request) -> Response:
+        base = str(request.base_url).rstrip("/") + "/" + request.path_params["version"]
         reply = sandbox.list_templates(request.path_params["waba_id"], dict(request.query_params),
-                                       request.headers.get("authorization"))
+                                       request.headers.get("authorization"), base)
         delay = sandbox.latency()
         if delay:
             await asyncio.sleep(delay)
+        return _respond(reply)
+
+    async def media(request: Request) -> Response:
+        form: UploadForm | None
+        try:
+            async with request.form() as data:
+                upload = data.get("file")
+                product, mime_type = data.get("messaging_product"), data.get("type")
+                form = UploadForm(
+                    product if isinstance(product, str) else None,
+                    mime_type if isinstance(mime_type, str) else None,
+                    upload.filename if isinstance(upload, UploadFile) else None,
+                    await upload.read() if isinstance(upload, UploadFile) else None)
+        except (MultiPartException, ValueError):
+            form = None
+        reply = sandbox.upload_media(request.path_params["phone_number_id"], form,
+                                     request.headers.get("authorization"), request.query_params.get("access_token"))
         return _respond(reply)
 
     async def unknown(request: Request) -> Response:
@@ -179,6 +199,7 @@ def create_app(config: SandboxConfig) -> Starlette:
         Route("/_sandbox/webhooks", control(webhooks), methods=["GET"]),
         # POST /{version}/{phone_number_id}/messages is answered by SandboxApp before routing.
         Route("/{version}/{phone_number_id}/contacts", contacts, methods=["POST"]),
+        Route("/{version}/{phone_number_id}/media", media, methods=["POST"]),
         Route("/{version}/{waba_id}/message_templates", message_templates, methods=["GET"]),
         Route("/{path:path}", unknown, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]

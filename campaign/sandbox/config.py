@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from campaign.sandbox.templates import Template, default_templates
 
 Range = tuple[float, float]
+TEMPLATES_PAGE_MAX = 100  # the largest ``limit`` a template listing honours
 
 
 def parse_range_ms(value: str | float | int | Iterable[float]) -> Range:
@@ -92,6 +93,11 @@ class SandboxConfig:
     display_phone_number: str = "15550783881"
     # Templates.
     templates: list[Template] = field(default_factory=default_templates)
+    # GET /{waba-id}/message_templates without ``limit``: Meta's default page size.
+    templates_page_size: int = 25
+    # Media links Meta cannot fetch (exact URLs): a send naming one is accepted, then fails 131053.
+    # Links whose host ends in ``.invalid`` (RFC 2606) fail the same way; nothing is ever fetched.
+    broken_media_links: frozenset[str] = frozenset()
     # Scripted recipients: explicit numbers (any format; compared by digits) and fractions
     # picked deterministically by hashing the wa_id.
     not_on_whatsapp: frozenset[str] = frozenset()
@@ -149,6 +155,8 @@ class SandboxConfig:
             raise ValueError("webhook_batch_max, webhook_concurrency and webhook_max_attempts must be >= 1")
         if self.window_seconds <= 0 or self.webhook_flush_interval <= 0:
             raise ValueError("window_seconds and webhook_flush_interval must be > 0")
+        if not 1 <= self.templates_page_size <= TEMPLATES_PAGE_MAX:
+            raise ValueError(f"templates_page_size must be between 1 and {TEMPLATES_PAGE_MAX}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SandboxConfig:
@@ -251,7 +259,7 @@ _KINDS: dict[str, str] = {
     "webhook_concurrency": "int", "webhook_timeout": "float",
     "access_token": "optstr", "app_secret": "optstr", "webhook_url": "optstr",
     "waba_id": "str", "phone_number_id": "str", "display_phone_number": "str",
-    "templates": "templates", "seed": "optint",
+    "templates": "templates", "seed": "optint", "templates_page_size": "int", "broken_media_links": "links",
     **{name: "float" for name in _FRACTIONS},
 }
 
@@ -276,6 +284,10 @@ def _coerce(name: str, kind: str, value: Any) -> Any:
             if isinstance(value, str):
                 value = [v for v in value.replace(";", ",").split(",") if v.strip()]
             return frozenset(digits(v) for v in value if digits(v))
+        if kind == "links":
+            if isinstance(value, str):
+                value = value.split()  # URLs hold no whitespace
+            return frozenset(str(v) for v in value)
         if kind == "str":
             return str(value)
         if kind == "optstr":

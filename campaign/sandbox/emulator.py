@@ -17,14 +17,15 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+from urllib.parse import urlencode
 
 from campaign.sandbox import meta_errors
-from campaign.sandbox.config import SandboxConfig, digits
+from campaign.sandbox.config import TEMPLATES_PAGE_MAX, SandboxConfig, digits
 from campaign.sandbox.ledger import Ledger, LedgerEntry
 from campaign.sandbox.meta_errors import MetaError
 from campaign.sandbox.recipients import Profile, canonical_wa_id, is_us_number, profile_of
-from campaign.sandbox.rules import (PairSpacing, SendRequest, ServiceWindows, ThroughputWindow, summarize,
-                                    validate_send)
+from campaign.sandbox.rules import (Media, PairSpacing, SendRequest, ServiceWindows, ThroughputWindow,
+                                    link_fetchable, summarize, validate_send)
 from campaign.sandbox.templates import TemplateRegistry
 from campaign.sandbox.webhooks import (Conversation, WebhookSender, inbound_value, plan_statuses, status_object,
                                        user_preferences_value)
@@ -54,6 +55,28 @@ def _accepted_body(to: str, wa_id: str, wamid: str) -> bytes:
     return (b'{"messaging_product":"whatsapp","contacts":[{"input":%s,"wa_id":"%s"}],'
             b'"messages":[{"id":"%s","message_status":"accepted"}]}'
             % (json.dumps(to, ensure_ascii=False).encode("utf-8"), wa_id.encode(), wamid.encode()))
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFile:
+    """A file uploaded with ``POST /{phone-number-id}/media``; its bytes are not kept."""
+
+    phone_number_id: str
+    mime_type: str
+    filename: str | None
+    size: int
+    sha256: str
+    uploaded_at: float  # wall clock
+
+
+@dataclass(frozen=True, slots=True)
+class UploadForm:
+    """The multipart form of an upload, as the HTTP layer read it (None: the field was absent)."""
+
+    messaging_product: str | None
+    mime_type: str | None  # the ``type`` field
+    filename: str | None
+    content: bytes | None  # the ``file`` part; None when no file was sent
 
 
 class ControlError(ValueError):
@@ -86,6 +109,7 @@ class Sandbox:
         self._rng = random.Random(config.seed)
         self._id_salt = secrets.token_hex(4)
         self._ids = itertools.count(1)
+        self.media: dict[str, MediaFile] = {}  # uploaded files by the id the sandbox answered
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -127,6 +151,7 @@ class Sandbox:
         summary = summarize(payload)
         entry.to, entry.type = summary.to, summary.type
         entry.template_name, entry.template_language = summary.template_name, summary.template_language
+        entry.components = summary.components
         entry.callback_data = summary.callback_data
         if not self.authorized(authorization, query_token):
             return self._refuse(entry, meta_errors.invalid_token())
@@ -186,8 +211,14 @@ class Sandbox:
         logger.debug("POST /%s/contacts %d numbers -> 200", phone_number_id, len(contacts))
         return Reply(200, {"contacts": results})
 
-    def list_templates(self, waba_id: str, query: dict[str, str], authorization: str | None) -> Reply:
-        """``GET /{version}/{waba-id}/message_templates`` from the registry, with Meta's paging."""
+    def list_templates(self, waba_id: str, query: dict[str, str], authorization: str | None,
+                       base: str = "") -> Reply:
+        """``GET /{version}/{waba-id}/message_templates`` from the registry, with Meta's paging.
+
+        ``limit`` defaults to ``templates_page_size`` (25, Meta's default) and is honoured up to 100;
+        ``paging.next`` is the URL of the next page (``base`` is what precedes ``/{waba-id}``, e.g.
+        ``http://127.0.0.1:8555/v21.0``), with the same filters and ``after`` set to ``cursors.after``.
+        """
         self.ledger.count_other("message_templates")
         if not self.authorized(authorization, query.get("access_token")):
             return self._log_refusal("message_templates", meta_errors.invalid_token())
@@ -198,7 +229,7 @@ class Sandbox:
         found = self.registry.search(name=query.get("name"), status=query.get("status"),
                                      language=query.get("language"), category=query.get("category"))
         try:
-            limit = max(1, min(int(query.get("limit", "25")), 1000))
+            limit = max(1, min(int(query.get("limit") or self.config.templates_page_size), TEMPLATES_PAGE_MAX))
             start = int(base64.urlsafe_b64decode(query["after"]).decode()) + 1 if query.get("after") else 0
         except ValueError:
             return self._log_refusal("message_templates", meta_errors.invalid_parameter("Invalid paging parameter."))
@@ -208,10 +239,42 @@ class Sandbox:
             cursor = lambda i: base64.urlsafe_b64encode(str(i).encode()).decode()  # noqa: E731
             paging["cursors"] = {"before": cursor(start), "after": cursor(start + len(page) - 1)}
             if start + len(page) < len(found):
-                paging["next"] = (f"/{waba_id}/message_templates?limit={limit}&after={cursor(start + len(page) - 1)}"
-                                  + (f"&name={query['name']}" if query.get("name") else ""))
+                kept = {k: v for k, v in query.items() if k not in ("after", "before", "limit")}
+                paging["next"] = (f"{base}/{waba_id}/message_templates?"
+                                  + urlencode({**kept, "limit": limit, "after": cursor(start + len(page) - 1)}))
         logger.debug("GET /%s/message_templates name=%s -> %d", waba_id, query.get("name"), len(page))
         return Reply(200, {"data": [t.graph_json(wanted) for t in page], "paging": paging})
+
+    def upload_media(self, phone_number_id: str, form: UploadForm | None, authorization: str | None,
+                     query_token: str | None = None) -> Reply:
+        """``POST /{version}/{phone-number-id}/media`` (multipart: ``messaging_product``, ``file``,
+        ``type``): keep the file's description and answer ``{"id": <media id>}``. ``form`` is None
+        when the body was not a readable form."""
+        self.ledger.count_other("media")
+        if not self.authorized(authorization, query_token):
+            return self._log_refusal("media", meta_errors.invalid_token())
+        if form is None:
+            return self._log_refusal("media", meta_errors.invalid_parameter(
+                "The request body must be multipart/form-data."))
+        if form.messaging_product is None:
+            return self._log_refusal("media", meta_errors.invalid_parameter(
+                "The parameter messaging_product is required.", "(#100) The parameter messaging_product is required."))
+        if form.messaging_product != "whatsapp":
+            return self._log_refusal("media", meta_errors.invalid_parameter(
+                f'Param messaging_product must be one of {{WHATSAPP}} - got "{form.messaging_product}".'))
+        if form.content is None:
+            return self._log_refusal("media", meta_errors.invalid_parameter(
+                "The parameter file is required.", "(#100) The parameter file is required."))
+        if not form.mime_type or "/" not in form.mime_type:
+            return self._log_refusal("media", meta_errors.invalid_parameter(
+                "The parameter type is required and must be a MIME type.", "(#100) The parameter type is required."))
+        media_id = self._new_media_id()
+        self.media[media_id] = MediaFile(phone_number_id, form.mime_type, form.filename, len(form.content),
+                                         hashlib.sha256(form.content).hexdigest(), self._wall())
+        self.ledger.count_upload(phone_number_id)
+        logger.debug("POST /%s/media %s %d bytes -> 200 %s", phone_number_id, form.mime_type, len(form.content),
+                     media_id)
+        return Reply(200, {"id": media_id})
 
     def latency(self) -> float:
         """Seconds to wait before answering, drawn uniformly from ``latency_ms``."""
@@ -298,7 +361,8 @@ class Sandbox:
         return {"wa_id": wa_id, "value": value}
 
     def reset(self) -> None:
-        """Clear the ledger and all state (limits, windows, opt-outs, scheduled webhooks); keep config."""
+        """Clear the ledger and all state (limits, windows, opt-outs, uploaded media, scheduled webhooks);
+        keep config."""
         self.ledger.clear()
         self.webhooks.clear()
         self.windows = ServiceWindows()
@@ -306,6 +370,7 @@ class Sandbox:
         self._pairs = PairSpacing()
         self._opted_out.clear()
         self._conversations.clear()
+        self.media.clear()
         self._rng = random.Random(self.config.seed)
 
     def patch_config(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -340,6 +405,13 @@ class Sandbox:
         config = self.config
         return (self._throughput.admits(phone_number_id, now, config.mps)
                 and self._pairs.admits(phone_number_id, request.wa_id, now, config.pair_interval, config.pair_burst))
+
+    def _new_media_id(self) -> str:
+        # Meta's media ids are 15-16 digit numbers.
+        while True:
+            media_id = str(10**15 + secrets.randbelow(9 * 10**15))
+            if media_id not in self.media:
+                return media_id
 
     def _new_wamid(self, wa_id: str) -> str:
         # Real wamids are base64 of a protobuf-ish blob holding the number and a message id.
@@ -386,12 +458,26 @@ class Sandbox:
             return meta_errors.undeliverable()
         if request.free_form and not in_window:
             return meta_errors.reengagement_required()
+        if request.media:
+            failure = self._media_failure(request.media)
+            if failure is not None:
+                return failure
         if request.category == "marketing":
             if profile is Profile.MARKETING_OPTED_OUT:
                 return meta_errors.marketing_opted_out()
             if profile is Profile.MARKETING_LIMITED or (self.config.block_us_marketing
                                                         and is_us_number(request.wa_id)):
                 return meta_errors.marketing_limited()
+        return None
+
+    def _media_failure(self, media: tuple[Media, ...]) -> MetaError | None:
+        """131053 when Meta could not get a media: an id it never issued, a link it cannot fetch."""
+        for kind, value in media:
+            if kind == "id" and value not in self.media:
+                return meta_errors.media_download_failed(f"Media ID {value} does not exist or has expired.")
+            if kind == "link" and not link_fetchable(value, self.config.broken_media_links):
+                return meta_errors.media_download_failed(
+                    "Downloading media from weblink failed with http code 404, status message Not Found")
         return None
 
     def _conversation(self, phone_number_id: str, wa_id: str, category: str, wall: float) -> Conversation:

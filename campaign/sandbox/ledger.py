@@ -21,7 +21,25 @@ TRANSIENT_CODES = (1, 2, 131000)
 
 @dataclass(slots=True)
 class LedgerEntry:
-    """One ``/messages`` request: when it came, what it asked, what the sandbox answered."""
+    """One ``/messages`` request: when it came, what it asked, what the sandbox answered.
+
+    Shape (``as_dict``, and ``GET /_sandbox/ledger``'s ``entries``)::
+
+        {"seq": 12, "monotonic": 8123.4, "wall": 1767225600.1, "phone_number_id": "1065...",
+         "to": "+4915112345678", "wa_id": "4915112345678", "type": "template",
+         "template_name": "promo_image", "template_language": "en_US",
+         "components": [{"type": "header", "parameters": [{"type": "image", "image": {"id": "..."}}]},
+                        {"type": "body", "parameters": [{"type": "text", "text": "Ana"}]},
+                        {"type": "button", "sub_type": "url", "index": "0",
+                         "parameters": [{"type": "text", "text": "A-1042"}]}],
+         "callback_data": "outbox-7", "outcome": "accepted", "http_status": 200, "error_code": null,
+         "wamid": "wamid.HBgL...", "sent_anyway": false, "window_open": null, "fate": "read",
+         "failure_code": null}
+
+    ``components`` is the template's ``components`` exactly as the request sent it (None for
+    other types or when absent): the very list parsed from the body, kept by reference and never
+    copied, so each recipient's values can be checked at their targets without slowing sends.
+    """
 
     seq: int
     monotonic: float
@@ -32,6 +50,7 @@ class LedgerEntry:
     type: str | None = None
     template_name: str | None = None
     template_language: str | None = None
+    components: list[Any] | None = None
     callback_data: str | None = None
     outcome: str = ERROR  # "accepted" (200) or "error"
     http_status: int = 0
@@ -75,6 +94,7 @@ class LedgerFigures:
     transient_errors: int = 0
     sent_anyway: int = 0
     status_failures_by_code: dict[int, int] = field(default_factory=dict)  # scheduled ``failed`` webhooks
+    media_uploads: int = 0  # files accepted by POST /{phone-number-id}/media
     min_pair_gap: float | None = None  # smallest gap between two accepted sends to one recipient
     first_arrival: float | None = None
     last_arrival: float | None = None
@@ -110,6 +130,7 @@ class Ledger:
     def __init__(self) -> None:
         self.entries: list[LedgerEntry] = []
         self.other_requests: Counter[str] = Counter()  # contacts, templates, ... by endpoint
+        self.media_uploads: Counter[str] = Counter()  # accepted uploads by phone-number id
         self._next_seq = 1
         self.accepted_count = 0
 
@@ -130,10 +151,15 @@ class Ledger:
         """Count a request to an endpoint other than ``/messages``."""
         self.other_requests[endpoint] += 1
 
+    def count_upload(self, phone_number_id: str) -> None:
+        """Count a media upload the sandbox accepted."""
+        self.media_uploads[phone_number_id] += 1
+
     def clear(self) -> None:
         """Forget everything (``POST /_sandbox/reset``); sequence numbers keep growing."""
         self.entries = []
         self.other_requests = Counter()
+        self.media_uploads = Counter()
         self.accepted_count = 0
 
     def find(self, wamid: str) -> LedgerEntry | None:
@@ -151,7 +177,10 @@ class Ledger:
 
     def figures(self, phone_number_id: str | None = None) -> LedgerFigures:
         """Compute the figures over all entries, or one sender's. O(n), on demand."""
-        return compute_figures(self.snapshot(phone_number_id))
+        figures = compute_figures(self.snapshot(phone_number_id))
+        figures.media_uploads = (sum(self.media_uploads.values()) if phone_number_id is None
+                                 else self.media_uploads[phone_number_id])
+        return figures
 
 
 def compute_figures(entries: Iterable[LedgerEntry]) -> LedgerFigures:

@@ -105,12 +105,16 @@ def template_disabled(name: str) -> MetaError:
                      f"Template {name} has been disabled due to low quality and cannot be sent.")
 
 
+def template_params_mismatch(details: str) -> MetaError:
+    """132000: the parameters do not fit the template's parts (count, names, a part they name)."""
+    return MetaError(400, 132000, "Number of parameters does not match the expected number of params",
+                     "(#132000) Number of parameters does not match the expected number of params", details)
+
+
 def template_param_count(component: str, given: int, expected: int) -> MetaError:
     """132000: the number of parameters differs from the template's placeholders."""
-    return MetaError(400, 132000, "Number of parameters does not match the expected number of params",
-                     "(#132000) Number of parameters does not match the expected number of params",
-                     f"{component}: number of localizable_params ({given}) does not match the expected "
-                     f"number of params ({expected})")
+    return template_params_mismatch(f"{component}: number of localizable_params ({given}) does not match the "
+                                    f"expected number of params ({expected})")
 
 
 def template_param_format(component: str, expected: str, received: str) -> MetaError:
@@ -118,6 +122,22 @@ def template_param_format(component: str, expected: str, received: str) -> MetaE
     return MetaError(400, 132012, "Parameter format does not match format in the created template",
                      "(#132012) Parameter format does not match format in the created template",
                      f"{component}: Format mismatch, expected {expected}, received {received}")
+
+
+def template_param_invalid(details: str) -> MetaError:
+    """132018: a parameter's value breaks a rule (whitespace, a code too long, media without a source,
+    parameters for a header the template does not have)."""
+    return MetaError(400, 132018, "There's an issue with the parameters in your template.",
+                     "(#132018) There's an issue with the parameters in your template.", details)
+
+
+def template_text_too_long(details: str) -> MetaError:
+    """132005: a parameter makes the text longer than Meta allows.
+
+    Unverified: whatsapp-templates.md §3 knows the limits (header 60, body 1024, URL 2000) but not
+    which code Meta answers an over-long parameter with; 132005 ("translated text too long") is
+    the closest code it documents."""
+    return MetaError(400, 132005, "Translated text too long", "(#132005) Translated text too long", details)
 
 
 def throughput_exceeded() -> MetaError:
@@ -163,6 +183,12 @@ def reengagement_required() -> MetaError:
     return MetaError(400, 131047, "Re-engagement message", "(#131047) Re-engagement message",
                      "Message failed to send because more than 24 hours have passed since the customer "
                      "last replied to this number.")
+
+
+def media_download_failed(details: str) -> MetaError:
+    """131053: Meta could not get the media of an accepted message (a link it cannot fetch, a media
+    id it does not know): the send was answered 200 and fails by status webhook."""
+    return MetaError(400, 131053, "Media upload error", "(#131053) Media upload error", details)
 
 
 def marketing_limited() -> MetaError:

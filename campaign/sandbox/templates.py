@@ -1,7 +1,10 @@
 """The template registry the sandbox is configured with, and how it is shown by the Graph API.
 
 A send names a template by name and language; Meta accepts it only when that exact pair exists
-and is APPROVED, and only with as many parameters as the template has distinct placeholders.
+and is APPROVED, and only with the parameters its parts ask for: header, body, buttons, a
+limited-time offer's expiration, each carousel card's. ``Template.shape`` reads a definition
+(as ``GET /{waba-id}/message_templates`` shows it, whatsapp-templates.md §1) into what a send
+must carry; ``rules`` holds a send against it.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 CATEGORIES = ("MARKETING", "UTILITY", "AUTHENTICATION")
 STATUSES = ("APPROVED", "PENDING", "REJECTED", "PAUSED", "DISABLED")
 MEDIA_FORMATS = ("IMAGE", "VIDEO", "DOCUMENT")
+# Where Meta keeps an OTP button: created as OTP, stored and listed as a URL button to this page.
+OTP_URL_MARK = "whatsapp.com/otp/code/"
 
 
 def placeholders(text: str | None) -> list[str]:
@@ -25,6 +30,76 @@ def placeholders(text: str | None) -> list[str]:
     for match in _PLACEHOLDER.finditer(text or ""):
         seen.setdefault(match.group(1), None)
     return list(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    """One button of a definition, as a send must address it (``index`` is its 0-based position)."""
+
+    index: int
+    type: str  # the definition's type: URL, QUICK_REPLY, COPY_CODE, PHONE_NUMBER, FLOW, ...; OTP for OTP pages
+    sub_type: str  # what a send's ``{"type": "button", "sub_type": ...}`` must say for it
+    takes: str | None  # the one parameter type it takes: text, payload, coupon_code, action; None = none
+    required: bool  # a send must carry a component for it
+    url: str | None = None  # URL buttons: the definition's URL, with ``{{1}}`` when dynamic
+
+    def url_with(self, suffix: str) -> str:
+        """The URL a dynamic URL (or OTP) button opens with ``suffix`` in place of its variable."""
+        return _PLACEHOLDER.sub(lambda _: suffix, self.url or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a send of a template (or of one carousel card) must carry, read once from its components."""
+
+    header_format: str | None  # TEXT, IMAGE, VIDEO, DOCUMENT, LOCATION, PRODUCT; None without a header
+    header_params: list[str]  # placeholders of a TEXT header
+    body_params: list[str]  # distinct placeholders of the body, in order of first appearance
+    body_only: bool  # nothing but a body: Meta allows longer body parameters (whatsapp-templates.md §3)
+    buttons: tuple[Button, ...] = ()
+    offer_expires: bool | None = None  # LIMITED_TIME_OFFER: its has_expiration; None without an offer
+    cards: tuple[Shape, ...] | None = None  # CAROUSEL cards; None without a carousel
+
+
+def _button(index: int, button: dict[str, Any]) -> Button:
+    kind = str(button.get("type", "")).upper()
+    url = button.get("url") if isinstance(button.get("url"), str) else None
+    if kind == "OTP" or (kind == "URL" and url is not None and OTP_URL_MARK in url):
+        return Button(index, "OTP", "url", "text", True, url)
+    if kind == "URL":
+        dynamic = bool(placeholders(url))
+        return Button(index, kind, "url", "text" if dynamic else None, dynamic, url)
+    if kind == "QUICK_REPLY":
+        return Button(index, kind, "quick_reply", "payload", False)
+    if kind == "COPY_CODE":
+        return Button(index, kind, "copy_code", "coupon_code", True)
+    if kind in ("FLOW", "CATALOG", "MPM", "SPM"):
+        return Button(index, kind, kind.lower(), "action", kind in ("MPM", "SPM"))
+    return Button(index, kind, kind.lower(), None, False)  # PHONE_NUMBER, VOICE_CALL: nothing to send
+
+
+def read_shape(components: list[dict[str, Any]]) -> Shape:
+    """Read a template's (or a carousel card's) components as what a send must carry."""
+    by_type = {str(c.get("type", "")).upper(): c for c in reversed(components) if isinstance(c, dict)}
+    header, body = by_type.get("HEADER"), by_type.get("BODY")
+    header_format = str(header.get("format", "TEXT")).upper() if header else None
+    items = by_type.get("BUTTONS", {}).get("buttons")
+    offer_expires = None
+    if "LIMITED_TIME_OFFER" in by_type:
+        offer = by_type["LIMITED_TIME_OFFER"].get("limited_time_offer")
+        offer_expires = isinstance(offer, dict) and bool(offer.get("has_expiration"))
+    cards = by_type.get("CAROUSEL", {}).get("cards")
+    return Shape(
+        header_format=header_format,
+        header_params=placeholders(header.get("text")) if header and header_format == "TEXT" else [],
+        body_params=placeholders(body.get("text")) if body else [],
+        body_only=set(by_type) <= {"BODY"},
+        buttons=tuple(_button(i, b) for i, b in enumerate(items if isinstance(items, list) else [])
+                      if isinstance(b, dict)),
+        offer_expires=offer_expires,
+        cards=(tuple(read_shape(c.get("components") or []) for c in cards if isinstance(c, dict))
+               if isinstance(cards, list) else None),
+    )
 
 
 @dataclass(slots=True)
@@ -62,29 +137,25 @@ class Template:
     @property
     def body_params(self) -> list[str]:
         """Distinct placeholders of the BODY text: the body parameters a send must carry."""
-        return self._shape()[0]
+        return self.shape.body_params
 
     @property
     def header_format(self) -> str | None:
         """TEXT, IMAGE, VIDEO, DOCUMENT or LOCATION when the template has a header."""
-        return self._shape()[1]
+        return self.shape.header_format
 
     @property
     def header_params(self) -> list[str]:
         """Distinct placeholders of a TEXT header (counted apart from the body's)."""
-        return self._shape()[2]
+        return self.shape.header_params
 
-    def _shape(self) -> tuple[list[str], str | None, list[str]]:
-        # Parsed once per components list: every send of the template asks for it.
+    @property
+    def shape(self) -> Shape:
+        """What a send must carry. Read once per components list: every send of the template asks."""
         cached = self._cache
         if cached is not None and cached[0] is self.components:
             return cached[1]
-        body = self.component("BODY")
-        header = self.component("HEADER")
-        header_format = str(header.get("format", "TEXT")).upper() if header else None
-        shape = (placeholders(body.get("text")) if body else [],
-                 header_format,
-                 placeholders(header.get("text")) if header and header_format == "TEXT" else [])
+        shape = read_shape(self.components)
         self._cache = (self.components, shape)
         return shape
 
@@ -155,6 +226,19 @@ class TemplateRegistry:
         return len(self._by_key)
 
 
+def _carousel_card(k: int, item: str, price: str, slug: str) -> dict[str, Any]:
+    """One card of ``spring_carousel``: every card of a carousel has the same parts (§1)."""
+    return {"components": [
+        {"type": "HEADER", "format": "IMAGE",
+         "example": {"header_handle": [f"https://scontent.whatsapp.net/v/t61.29466-34/card_{k}.jpg"]}},
+        {"type": "BODY", "text": item + ", now {{1}}.", "example": {"body_text": [[price]]}},
+        {"type": "BUTTONS", "buttons": [
+            {"type": "QUICK_REPLY", "text": "Buy"},
+            {"type": "URL", "text": "View", "url": "https://shop.example.com/p/{{1}}",
+             "example": [f"https://shop.example.com/p/{slug}"]}]},
+    ]}
+
+
 def default_templates() -> list[Template]:
     """A registry that lets ``campaign sandbox`` run a campaign at once (INTERFACE.md)."""
     return [
@@ -197,5 +281,62 @@ def default_templates() -> list[Template]:
         Template("winter_promo", "en_US", "MARKETING", status="PENDING", components=[
             {"type": "BODY", "text": "Hi {{1}}, winter deals are coming.",
              "example": {"body_text": [["Ana"]]}},
+        ]),
+        # One template of each kind of part a send can bind (whatsapp-templates.md §1).
+        Template("promo_image", "en_US", "MARKETING", components=[
+            {"type": "HEADER", "format": "IMAGE",
+             "example": {"header_handle": ["https://scontent.whatsapp.net/v/t61.29466-34/promo_image.jpg"]}},
+            {"type": "BODY", "text": "Hi {{1}}, our new collection is in. Tap below to see what we picked for you.",
+             "example": {"body_text": [["Ana"]]}},
+            {"type": "FOOTER", "text": "Not interested? Tap Stop promotions"},
+            {"type": "BUTTONS", "buttons": [
+                {"type": "URL", "text": "See your picks", "url": "https://shop.example.com/o/{{1}}",
+                 "example": ["https://shop.example.com/o/A-1042"]},
+                {"type": "QUICK_REPLY", "text": "Interested"},
+                {"type": "QUICK_REPLY", "text": "Stop promotions"}]},
+        ]),
+        Template("coupon_offer", "en_US", "MARKETING", components=[
+            {"type": "LIMITED_TIME_OFFER", "limited_time_offer": {"text": "Expiring offer!", "has_expiration": True}},
+            {"type": "BODY", "text": "Good news, {{1}}! Use the code below for 25% off everything.",
+             "example": {"body_text": [["Ana"]]}},
+            {"type": "BUTTONS", "buttons": [
+                {"type": "COPY_CODE", "text": "Copy offer code", "example": "SAVE25"},
+                {"type": "URL", "text": "Shop now", "url": "https://shop.example.com/o/{{1}}",
+                 "example": ["https://shop.example.com/o/SAVE25"]}]},
+        ]),
+        # OTP buttons are created with otp_type but stored, and listed, as URL buttons.
+        Template("login_code", "en_US", "AUTHENTICATION", components=[
+            {"type": "BODY", "text": "*{{1}}* is your verification code."},
+            {"type": "BUTTONS", "buttons": [
+                {"type": "URL", "text": "Copy code",
+                 "url": "https://www.whatsapp.com/otp/code/?otp_type=COPY_CODE&code=otp{{1}}"}]},
+        ]),
+        Template("spring_carousel", "en_US", "MARKETING", components=[
+            {"type": "BODY", "text": "Hi {{1}}, spring is here. Swipe to see this season's favourites.",
+             "example": {"body_text": [["Ana"]]}},
+            {"type": "CAROUSEL", "cards": [_carousel_card(0, "Rain jacket", "$49", "rain-jacket"),
+                                           _carousel_card(1, "Linen shirt", "$29", "linen-shirt")]},
+        ]),
+        Template("named_welcome", "en_US", "UTILITY", parameter_format="NAMED", components=[
+            {"type": "HEADER", "format": "TEXT", "text": "Hi {{first_name}}",
+             "example": {"header_text_named_params": [{"param_name": "first_name", "example": "Ana"}]}},
+            {"type": "BODY", "text": "Welcome, {{first_name}}! Your order {{order_id}} is confirmed.",
+             "example": {"body_text_named_params": [{"param_name": "first_name", "example": "Ana"},
+                                                    {"param_name": "order_id", "example": "A-1042"}]}},
+            {"type": "BUTTONS", "buttons": [
+                {"type": "URL", "text": "Help center", "url": "https://shop.example.com/help"},
+                {"type": "PHONE_NUMBER", "text": "Call us", "phone_number": "+15550783881"}]},
+        ]),
+        Template("order_doc", "en_US", "UTILITY", components=[
+            {"type": "HEADER", "format": "DOCUMENT",
+             "example": {"header_handle": ["https://scontent.whatsapp.net/v/t61.29466-34/invoice.pdf"]}},
+            {"type": "BODY", "text": "Hi {{1}}, your invoice is attached.", "example": {"body_text": [["Ana"]]}},
+        ]),
+        Template("store_location", "en_US", "UTILITY", components=[
+            {"type": "HEADER", "format": "LOCATION"},
+            {"type": "BODY", "text": "Your order is ready for pickup at our store."},
+        ]),
+        Template("flash_sale", "en_US", "MARKETING", status="PAUSED", components=[
+            {"type": "BODY", "text": "Hi {{1}}, flash sale: 2 hours only!", "example": {"body_text": [["Ana"]]}},
         ]),
     ]

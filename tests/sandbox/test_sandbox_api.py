@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 
+from campaign.sandbox.templates import Template, default_templates
 from sandbox_helpers import (PHONE_ID, TOKEN, VERSION, WABA_ID, client_for, messages_path, template_message,
                              text_message)
 
@@ -273,3 +274,49 @@ def test_templates_of_another_waba_are_code_100(client) -> None:
 
 def test_an_unknown_path_is_a_graph_error(client) -> None:
     assert client.get(f"/{VERSION}/{PHONE_ID}/whatever").json()["error"]["code"] == 2500
+
+
+def test_templates_listing_pages_at_metas_default_of_25_and_next_leads_on(make_sandbox) -> None:
+    extra = [Template(f"bulk_{n:02d}", "en_US", components=[{"type": "BODY", "text": "Hi {{1}}"}]) for n in range(30)]
+    server = make_sandbox(templates=default_templates() + extra)
+    total = len(default_templates()) + len(extra)
+    with client_for(server) as c:
+        first = c.get(f"/{VERSION}/{WABA_ID}/message_templates", params={"fields": "name"}).json()
+        assert len(first["data"]) == 25
+        second = c.get(first["paging"]["next"]).json()  # an absolute URL, filters kept
+        assert set(second["data"][0]) == {"name", "id"}
+        assert "next" not in second["paging"]
+        by_cursor = c.get(f"/{VERSION}/{WABA_ID}/message_templates",
+                          params={"fields": "name", "after": first["paging"]["cursors"]["after"]}).json()
+    names = [t["name"] for t in first["data"] + second["data"]]
+    assert len(names) == len(set(names)) == total
+    assert by_cursor["data"] == second["data"]
+
+
+@pytest.mark.parametrize("limit,size", [(100, 45), (1000, 100), (3, 3)])
+def test_a_templates_limit_is_honoured_up_to_100(make_sandbox, limit, size) -> None:
+    extra = [Template(f"bulk_{n:03d}", "en_US", components=[{"type": "BODY", "text": "Hi"}]) for n in range(120)]
+    server = make_sandbox(templates=extra[:45] if limit == 100 else extra)
+    with client_for(server) as c:
+        page = c.get(f"/{VERSION}/{WABA_ID}/message_templates", params={"limit": limit}).json()
+    assert len(page["data"]) == size
+
+
+def test_the_ledger_keeps_each_recipients_components_as_sent(sandbox, client) -> None:
+    sent = {}
+    for n, name in enumerate(["Ana", "Bo", "Cy"]):
+        image = {"type": "image", "image": {"link": f"https://cdn.example.com/{n}.jpg"}}
+        components = [{"type": "header", "parameters": [image]},
+                      {"type": "body", "parameters": [{"type": "text", "text": name}]},
+                      {"type": "button", "sub_type": "url", "index": "0",
+                       "parameters": [{"type": "text", "text": f"o-{n}"}]},
+                      {"type": "button", "sub_type": "quick_reply", "index": 2,
+                       "parameters": [{"type": "payload", "payload": f"stop-{n}"}]}]
+        to = f"+49151000000{n:02d}"
+        body = {"messaging_product": "whatsapp", "to": to, "type": "template",
+                "template": {"name": "promo_image", "language": {"code": "en_US"}, "components": components}}
+        assert client.post(messages_path(), json=body).status_code == 200
+        sent[to] = components
+    entries = client.get("/_sandbox/ledger").json()["entries"]
+    assert {e["to"]: e["components"] for e in entries} == sent
+    assert all(e["outcome"] == "accepted" for e in entries)
