@@ -8,9 +8,10 @@ parsed and validated completely before the reconciler (reconcile.py) applies any
   category and the error of a `failed` status. A status word that does not move a message is
   noted and ignored.
 - `messages[]` (inbound) become `InboundItem`s, with the texts that may carry an opt-out or
-  opt-in word: typed, sent as a quick-reply button or an interactive reply. Types that are
-  not the user writing to the business (a number change, a deleted or edited message, a
-  reaction) are noted, not applied.
+  opt-in word: typed, sent as a quick-reply button or an interactive reply; and what reply
+  attribution (inbound.py) reads: the message replied to (`context.id`), a button's payload
+  and label, a text's body. Types that are not the user writing to the business (a number
+  change, a deleted or edited message, a reaction) are noted, not applied.
 - `user_preferences` (the user stopped or resumed marketing in WhatsApp) become
   `PreferenceItem`s.
 - out-of-band `errors[]`, template status / quality updates, account updates and unknown
@@ -70,6 +71,17 @@ class InboundItem:
     words: tuple[str, ...]
     """Texts that may carry an opt-out or opt-in word: the body, a button's payload and
     text, an interactive reply's id and title."""
+    message_id: str = ""
+    """The inbound message's own wamid (empty if Meta sent none)."""
+    context_id: str | None = None
+    """`context.id`: the wamid of the message this one replies to. Meta sometimes leaves
+    `context` out of a quick-reply tap (whatsapp-templates.md §7), hence `payload` too."""
+    payload: str | None = None
+    """A `button` message's payload, or an interactive reply's `button_reply.id` / `list_reply.id`."""
+    label: str | None = None
+    """The button's text, or the interactive reply's title."""
+    text: str | None = None
+    """A `text` message's body."""
 
 
 @dataclass(frozen=True)
@@ -191,18 +203,32 @@ def _parse_inbound(raw: dict[str, Any], event: ParsedEvent) -> None:
     if kind in _NOT_WINDOW_OPENING:
         event.notes.append((logging.INFO, f"inbound {kind} from {sender} kept, not applied"))
         return
-    words: list[str | None] = []
+    text: str | None = None
+    choices: list[tuple[str | None, str | None]] = []  # (payload, label) of a tap
     if kind == "text":
-        words.append(_opt_str(_dict(raw.get("text", {}), "text").get("body"), "text.body"))
+        text = _opt_str(_dict(raw.get("text", {}), "text").get("body"), "text.body")
     elif kind == "button":
         button = _dict(raw.get("button", {}), "button")
-        words += [_opt_str(button.get("payload"), "button.payload"), _opt_str(button.get("text"), "button.text")]
+        choices.append((_opt_str(button.get("payload"), "button.payload"), _opt_str(button.get("text"), "button.text")))
     elif kind == "interactive":
         interactive = _dict(raw.get("interactive", {}), "interactive")
         for reply in ("button_reply", "list_reply"):
             chosen = _dict(interactive.get(reply, {}), f"interactive.{reply}")
-            words += [_opt_str(chosen.get("id"), f"{reply}.id"), _opt_str(chosen.get("title"), f"{reply}.title")]
-    event.inbound.append(InboundItem(sender, at, kind, tuple(w for w in words if w)))
+            choices.append((_opt_str(chosen.get("id"), f"{reply}.id"), _opt_str(chosen.get("title"), f"{reply}.title")))
+    words = [text] + [w for choice in choices for w in choice]
+    payload, label = next(((p, t) for p, t in choices if p or t), (None, None))
+    event.inbound.append(InboundItem(
+        sender, at, kind, tuple(w for w in words if w),
+        message_id=_wamid_or_none(raw.get("id")) or "",
+        context_id=_wamid_or_none(_get(raw, "context", "id")),
+        payload=payload or None, label=label or None, text=text or None,
+    ))
+
+
+def _wamid_or_none(value: Any) -> str | None:
+    """A message id as Meta sends it, or None: an odd `id` or `context` (a forwarded message's
+    context has no id) never rejects the body, whose opt-out must not be lost."""
+    return value if isinstance(value, str) and 1 <= len(value) <= 128 else None
 
 
 def _parse_preference(raw: dict[str, Any], event: ParsedEvent) -> None:

@@ -22,15 +22,20 @@ Values:
   `sent`, `delivered` and `read`: an error kept from a retry that later succeeded (130429,
   131056, ...) is history, counted in the summary, not a failure.
 - times are ISO 8601 UTC to the second (`2026-11-21T10:15:30Z`), empty where unknown.
+- `replied_at`/`reply`: the recipient's first answer to the message and when it came
+  (inbound.py attributes answers): a button's payload (its label for an engine default
+  payload) or the first 200 characters of a text.
 
 Formats:
 - `csv`: UTF-8 without BOM, `,`, `\\n`, RFC 4180 quoting only where a value needs it;
   empty where unknown. (Excel turns `+49...` into a number when it opens a CSV: use xlsx.)
+  `reply` is the recipient's own text, so a spreadsheet must not run it: one starting with
+  `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'` (OWASP, "CSV Injection").
 - `json`: JSON Lines, one object per recipient with the keys in column order, `null` where
   unknown, `error_code` a number. Lines stream through `-o - | jq`, and
   `pandas.read_json(path, lines=True)` reads it back.
 - `parquet`: one row group per chunk and a fixed schema: strings, `error_code` int64, the
-  four times `timestamp[ms, tz=UTC]` (whole seconds; Parquet has no seconds unit), the
+  five times `timestamp[ms, tz=UTC]` (whole seconds; Parquet has no seconds unit), the
   original CSV columns strings.
 - `xlsx`: one sheet `report`, every value a text cell except `error_code` (a number);
   refused above Excel's 1,048,576 rows (header included).
@@ -65,8 +70,9 @@ from campaign.exceptions import CampaignError
 from campaign.models import Campaign, Contact, Import, Message
 from campaign.states import MessageState
 
-COLUMNS = ["phone", "wa_id", "status", "wamid", "error_code", "error_title", "sent_at", "delivered_at", "read_at", "failed_at"]
-TIME_COLUMNS = ("sent_at", "delivered_at", "read_at", "failed_at")
+COLUMNS = ["phone", "wa_id", "status", "wamid", "error_code", "error_title", "sent_at", "delivered_at", "read_at", "failed_at",
+           "replied_at", "reply"]
+TIME_COLUMNS = ("sent_at", "delivered_at", "read_at", "failed_at", "replied_at")
 FORMATS = ("csv", "xlsx", "parquet", "json")
 SUFFIXES = {"csv": ".csv", "xlsx": ".xlsx", "parquet": ".parquet", "json": ".jsonl"}
 CSV_PREFIX = "csv_"
@@ -305,6 +311,7 @@ class _Source:
                 case((error_visible, _m.error_code)),
                 case((error_visible, _m.error_title)),
                 *(self._time_text(_m[column]) for column in TIME_COLUMNS),
+                _m.reply,
                 type_coerce(_m.params, Text()),
             )
             .select_from(Message.__table__.join(Contact.__table__, _c.id == _m.contact_id))
@@ -342,8 +349,10 @@ def _table(rows: Sequence[Any], csv_columns: list[str], schema: pa.Schema) -> pa
     arrays: list[pa.Array] = [pa.array(columns[i], type=pa.string()) for i in range(4)]
     arrays.append(pa.array(columns[4], type=pa.int64()))
     arrays.append(pa.array(columns[5], type=pa.string()))
-    arrays.extend(iso_times(pa.array(columns[i], type=pa.string())) for i in range(6, 10))
-    arrays.extend(_params_arrays(columns[10], csv_columns))
+    times_end = 6 + len(TIME_COLUMNS)
+    arrays.extend(iso_times(pa.array(columns[i], type=pa.string())) for i in range(6, times_end))
+    arrays.append(pa.array(columns[times_end], type=pa.string()))  # reply
+    arrays.extend(_params_arrays(columns[times_end + 1], csv_columns))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -459,12 +468,27 @@ def _target(path_or_stream: str | os.PathLike[str] | IO[Any], *, binary: bool) -
 
 
 def _write_csv(chunks: Iterator[pa.Table], names: list[str], sink: IO[bytes]) -> None:
+    reply = names.index("reply")
     sink.write(csv_lines([pa.array([n]) for n in names]))
     for table in chunks:
         if table.num_rows:
+            columns = [column.combine_chunks() for column in table.columns]
+            columns[reply] = neutralize_formulas(columns[reply])
             sink.write(b"\n")
-            sink.write(csv_lines([column.combine_chunks() for column in table.columns]))
+            sink.write(csv_lines(columns))
     sink.write(b"\n")
+
+
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def neutralize_formulas(column: pa.Array) -> pa.Array:
+    """A leading `'` on each value a spreadsheet would take for a formula (OWASP's advice
+    against CSV injection): the user's text shows as written and never runs."""
+    formula_like = pc.match_substring_regex(column, _FORMULA_START)
+    if not pc.any(formula_like).as_py():
+        return column
+    return pc.if_else(formula_like, pc.binary_join_element_wise("'", column, ""), column)
 
 
 _NEEDS_QUOTES = r'[",\r\n]'

@@ -13,23 +13,45 @@ The reconciler (reconcile.py) hands over what events.py parsed from the stored w
   suppressions, the ones Meta's own marketing switch stands for.
 
 Applying is idempotent: contact times only ever move forward (they merge with max).
+
+Replies (`apply_replies`): an inbound message that answers a campaign message fills that
+message's `replied_at` and `reply`. The message it answers is, in this order:
+1. the one whose wamid is its `context.id`;
+2. for a tap on an engine default payload (`m<id>.q<n>`, statuses.quick_reply_payload), that
+   message, if it went to the sender: a payload names a message, it proves nothing about
+   who sent it back;
+3. for any other payload, the latest message (by `sent_at`) sent to the sender by a campaign
+   whose binding gives a button that literal payload (statuses.bound_payloads), sent before
+   the tap (give or take SEND_CLOCK_SKEW), so that applying the tap later or again (a
+   replay) picks the same message;
+4. else it answers no campaign message (a text without context, a payload nobody bound).
+A message keeps its first answer, by its time (then by its text, for answers in the same
+second): like status timestamps, a min, so answers in any order, or twice, end the same.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections import defaultdict
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from campaign.events import InboundItem, PreferenceItem
-from campaign.models import Contact, Suppression
+from campaign.models import Campaign, Contact, Message, Suppression
 from campaign.states import SuppressionSource
 from campaign.sql import batches, insert_ignore
+from campaign.statuses import bound_payloads, parse_quick_reply_payload
 from campaign.suppressions import suppress
 
-DEFAULT_OPT_OUT_WORDS: tuple[str, ...] = ("STOP", "UNSUBSCRIBE")
+# "Stop promotions" is the quick reply Meta's marketing templates offer for opting out.
+DEFAULT_OPT_OUT_WORDS: tuple[str, ...] = ("STOP", "UNSUBSCRIBE", "STOP PROMOTIONS")
 DEFAULT_OPT_IN_WORDS: tuple[str, ...] = ("START",)
+REPLY_CHARS = 200
+"""A text reply is kept to its first 200 characters: the report's column, not an inbox."""
+SEND_CLOCK_SKEW = timedelta(minutes=1)
+"""How much later than a tap a message's `sent_at` may be and still be the one tapped: Meta's
+times are whole seconds of its clock, `sent_at` our clock when the send was answered."""
 
 
 def apply_inbound(session: Session, inbound: list[InboundItem], preferences: list[PreferenceItem], *,
@@ -61,27 +83,29 @@ def apply_inbound(session: Session, inbound: list[InboundItem], preferences: lis
 
 
 def _contacts_for(session: Session, wa_ids: set[str]) -> dict[str, list[Contact]]:
-    """Every contact of each sender: those Meta knows by that wa_id (which may differ from
-    the imported number in BR, MX, AR) and the one whose number it is, created if new."""
-    def lookup() -> dict[str, list[Contact]]:
-        found: dict[int, Contact] = {}
-        for chunk in batches(sorted(wa_ids)):
-            query = select(Contact).where(or_(Contact.wa_id.in_(chunk), Contact.phone.in_(["+" + w for w in chunk])))
-            found.update((c.id, c) for c in session.scalars(query.order_by(Contact.id)))
-        people: dict[str, list[Contact]] = {w: [] for w in wa_ids}
-        for contact in found.values():
-            for key in {contact.wa_id, contact.phone[1:]}:
-                if key in people:
-                    people[key].append(contact)
-        return people
-
-    people = lookup()
+    """Every contact of each sender, created if new (`_known_contacts`)."""
+    people = _known_contacts(session, wa_ids)
     new = [{"phone": "+" + w, "wa_id": w} for w in sorted(wa_ids) if not people[w]]
     if not new:
         return people
     for chunk in batches(new):
         session.execute(insert_ignore(session, Contact), list(chunk))
-    return lookup()
+    return _known_contacts(session, wa_ids)
+
+
+def _known_contacts(session: Session, wa_ids: set[str]) -> dict[str, list[Contact]]:
+    """Every known contact of each sender: those Meta knows by that wa_id (which may differ
+    from the imported number in BR, MX, AR) and the one whose number it is."""
+    found: dict[int, Contact] = {}
+    for chunk in batches(sorted(wa_ids)):
+        query = select(Contact).where(or_(Contact.wa_id.in_(chunk), Contact.phone.in_(["+" + w for w in chunk])))
+        found.update((c.id, c) for c in session.scalars(query.order_by(Contact.id)))
+    people: dict[str, list[Contact]] = {w: [] for w in wa_ids}
+    for contact in found.values():
+        for key in {contact.wa_id, contact.phone[1:]}:
+            if key in people:
+                people[key].append(contact)
+    return people
 
 
 def _opt_out(session: Session, contacts: list[Contact], at: datetime) -> None:
@@ -112,3 +136,131 @@ def _opt_in(session: Session, contacts: list[Contact], at: datetime, sources: tu
 
 def _latest(current: datetime | None, new: datetime) -> datetime:
     return new if current is None else max(current, new)
+
+
+# -- replies ------------------------------------------------------------------------------------
+
+
+def apply_replies(session: Session, inbound: list[InboundItem]) -> int:
+    """Each inbound message that answers a campaign message recorded on it, if it is the
+    message's first answer (module docstring); the number of inbound messages attributed.
+
+    A few queries per batch, whatever its size: by wamid, by message id, by contact."""
+    answers = [m for m in inbound if m.context_id or m.payload]
+    if not answers:
+        return 0
+    attributed = _answered_messages(session, answers)
+    _keep_first_answers(session, attributed)
+    return len(attributed)
+
+
+def reply_text(item: InboundItem) -> str | None:
+    """What `Message.reply` shows of an answer: a bound payload as it is; for an engine
+    default payload the button's label (the payload only names the message); the start of
+    a text. None for other answers (a photo replying to the message)."""
+    if item.payload is not None:
+        if parse_quick_reply_payload(item.payload) is not None:
+            return item.label or item.payload
+        return item.payload
+    return item.text[:REPLY_CHARS] if item.text is not None else None
+
+
+def _answered_messages(session: Session, answers: list[InboundItem]) -> list[tuple[int, InboundItem]]:
+    """(message id, answer) for each answer that answers a campaign message."""
+    by_wamid: dict[str, int] = {}
+    for chunk in batches(sorted({m.context_id for m in answers if m.context_id})):
+        by_wamid.update(session.execute(select(Message.wamid, Message.id).where(Message.wamid.in_(chunk))).all())
+    attributed: list[tuple[int, InboundItem]] = []
+    named: list[tuple[int, InboundItem]] = []
+    bound: list[InboundItem] = []
+    for item in answers:
+        default = parse_quick_reply_payload(item.payload)
+        if item.context_id is not None and item.context_id in by_wamid:
+            attributed.append((by_wamid[item.context_id], item))
+        elif default is not None:
+            named.append((default[0], item))
+        elif item.payload is not None:
+            bound.append(item)
+    attributed += _senders_own(session, named)
+    attributed += _latest_bound(session, bound)
+    return attributed
+
+
+def _senders_own(session: Session, named: list[tuple[int, InboundItem]]) -> list[tuple[int, InboundItem]]:
+    """The taps whose default payload names a message that went to the tapper."""
+    owners: dict[int, set[str]] = defaultdict(set)
+    for chunk in batches(sorted({message_id for message_id, _ in named})):
+        rows = session.execute(
+            select(Message.id, Message.wa_id, Contact.phone, Contact.wa_id)
+            .join(Contact, Contact.id == Message.contact_id).where(Message.id.in_(chunk))
+        )
+        for message_id, sent_to, phone, wa_id in rows:
+            # The recipient by every name Meta may give them: the send's answer, the number, the contact's.
+            owners[message_id].update(i for i in (sent_to, phone[1:] if phone else None, wa_id) if i)
+    return [(message_id, item) for message_id, item in named if item.wa_id in owners.get(message_id, ())]
+
+
+def _latest_bound(session: Session, taps: list[InboundItem]) -> list[tuple[int, InboundItem]]:
+    """The taps on a literal payload some campaign bound, each to the latest such campaign's
+    message sent to the tapper before it."""
+    if not taps:
+        return []
+    campaigns_of: dict[str, set[int]] = defaultdict(set)
+    for campaign_id, binding in session.execute(select(Campaign.id, Campaign.binding).where(Campaign.binding.is_not(None))):
+        for payload in bound_payloads(binding):
+            campaigns_of[payload].add(campaign_id)
+    taps = [t for t in taps if t.payload in campaigns_of]
+    if not taps:
+        return []
+    people = _known_contacts(session, {t.wa_id for t in taps})
+    contact_ids = sorted({c.id for contacts in people.values() for c in contacts})
+    wanted = sorted({c for t in taps for c in campaigns_of[t.payload or ""]})
+    sent: dict[int, list[tuple[datetime, int, int]]] = defaultdict(list)  # contact -> (sent_at, id, campaign)
+    for chunk in batches(contact_ids):
+        rows = session.execute(
+            select(Message.contact_id, Message.sent_at, Message.id, Message.campaign_id)
+            .where(Message.contact_id.in_(chunk), Message.campaign_id.in_(wanted), Message.sent_at.is_not(None))
+        )
+        for contact_id, sent_at, message_id, campaign_id in rows:
+            sent[contact_id].append((sent_at, message_id, campaign_id))
+    attributed = []
+    for tap in taps:
+        bound_by = campaigns_of[tap.payload or ""]
+        candidates = [(sent_at, message_id) for contact in people[tap.wa_id]
+                      for sent_at, message_id, campaign_id in sent[contact.id]
+                      if campaign_id in bound_by and sent_at <= tap.at + SEND_CLOCK_SKEW]
+        if candidates:
+            attributed.append((max(candidates)[1], tap))
+    return attributed
+
+
+_SET_REPLY = (
+    update(Message.__table__)
+    .where(Message.__table__.c.id == bindparam("message_id"))
+    .values(replied_at=bindparam("replied_at", type_=Message.__table__.c.replied_at.type),
+            reply=bindparam("reply", type_=Message.__table__.c.reply.type))
+)
+
+
+def _keep_first_answers(session: Session, attributed: list[tuple[int, InboundItem]]) -> None:
+    """Each message's earliest answer, merged with the one it already has (a min)."""
+    first: dict[int, tuple[datetime, str | None]] = {}
+    for message_id, item in attributed:
+        answer = (item.at, reply_text(item))
+        if message_id not in first or _answer_key(answer) < _answer_key(first[message_id]):
+            first[message_id] = answer
+    changed = []
+    for chunk in batches(sorted(first)):
+        for message_id, replied_at, reply in session.execute(
+                select(Message.id, Message.replied_at, Message.reply).where(Message.id.in_(chunk))):
+            answer = first[message_id]
+            if replied_at is None or _answer_key(answer) < _answer_key((replied_at, reply)):
+                changed.append({"message_id": message_id, "replied_at": answer[0], "reply": answer[1]})
+    if changed:
+        session.execute(_SET_REPLY, changed)
+
+
+def _answer_key(answer: tuple[datetime, str | None]) -> tuple[datetime, bool, str]:
+    """Earliest first; in the same second, by content (a text before none), never by arrival."""
+    at, reply = answer
+    return (at, reply is None, reply or "")

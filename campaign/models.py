@@ -103,6 +103,12 @@ class Campaign(Base):
     header_type: Mapped[str | None] = mapped_column(String(16))
     header_link: Mapped[str | None] = mapped_column(Text)
     mps: Mapped[int | None] = mapped_column(Integer)
+    binding: Mapped[dict[str, Any] | None] = mapped_column(JSONText)
+    """Template target -> its source (binding.Source as JSON), in the order they were given."""
+    template_definition: Mapped[dict[str, Any] | None] = mapped_column(JSONText)
+    """The template as `GET /{waba-id}/message_templates` returned it at the last check: what
+    the payloads and the import's checks are built from."""
+    template_checked_at: Mapped[datetime | None]
     pause_reason: Mapped[str | None] = mapped_column(Text)
     """Why the engine (not the user) paused it, shown by `campaign status`."""
     pause_code: Mapped[int | None] = mapped_column(BigInteger)
@@ -158,7 +164,8 @@ class Import(Base):
     duplicate: Mapped[int] = mapped_column(default=0)
     suppressed: Mapped[int] = mapped_column(default=0)
     not_on_whatsapp: Mapped[int] = mapped_column(default=0)
-    missing_param: Mapped[int] = mapped_column(default=0)
+    bad_param: Mapped[int] = mapped_column(default=0)
+    """Rows whose value for a bound target Meta would refuse (empty, bad whitespace, too long)."""
     us_numbers: Mapped[int] = mapped_column(default=0)
     rejects_file: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -207,6 +214,31 @@ class Message(Base):
     delivered_at: Mapped[datetime | None]
     read_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
+    replied_at: Mapped[datetime | None]
+    """When the recipient first answered this message (a reply whose context is its wamid, or
+    a tap on one of its quick-reply buttons)."""
+    reply: Mapped[str | None] = mapped_column(Text)
+    """That first answer: the button's payload (its label for an engine default payload), or
+    the start of the text."""
+
+
+class MediaUpload(Base):
+    """A file uploaded to Meta once (`POST /{phone-number-id}/media`) and reused by its id
+    until it expires (Meta keeps uploads 30 days)."""
+
+    __tablename__ = "media_uploads"
+    __table_args__ = (UniqueConstraint("sender", "path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sender: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    """As the binding names it (`file:PATH`): what a worker looks the upload up by."""
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    """SHA-256 of the file's bytes: the same content is uploaded once, whatever its path."""
+    mime_type: Mapped[str] = mapped_column(String(128))
+    media_id: Mapped[str] = mapped_column(String(128))
+    uploaded_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
 
 
 class WebhookEvent(Base):

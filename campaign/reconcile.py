@@ -15,7 +15,8 @@ id order, parses them (events.py) and applies what they carry:
   131048, ...) pauses it, or every running campaign of its sender for PAUSE_ALL codes.
   A status pauses a campaign only when it is newer than the campaign's last pause, so old
   news the user has already acted on (paused, fixed, resumed) never pauses it again.
-- inbound messages and `user_preferences` open windows, opt out and opt in (inbound.py).
+- inbound messages and `user_preferences` open windows, opt out and opt in; an inbound
+  message that answers a campaign message is recorded on it as its reply (inbound.py).
 - what parsing noted (out-of-band errors, template and account updates, ignored items) is
   logged once the event is applied.
 
@@ -61,7 +62,7 @@ from campaign import campaigns, contacts, errors
 from campaign.db import Database
 from campaign.clock import SYSTEM, Clock
 from campaign.events import InboundItem, Malformed, ParsedEvent, PreferenceItem, StatusItem, parse_event, parse_status
-from campaign.inbound import DEFAULT_OPT_IN_WORDS, DEFAULT_OPT_OUT_WORDS, apply_inbound
+from campaign.inbound import DEFAULT_OPT_IN_WORDS, DEFAULT_OPT_OUT_WORDS, apply_inbound, apply_replies
 from campaign.models import Campaign, Contact, Message, PendingStatus, WebhookEvent
 from campaign.states import CampaignState, MessageState, SuppressionSource
 from campaign.sql import batches
@@ -84,6 +85,8 @@ class ReconcileStats:
     """Statuses applied to a message (including pending ones whose message turned up)."""
     inbound: int = 0
     """Inbound messages applied to a contact."""
+    replies: int = 0
+    """Inbound messages attributed to the campaign message they answer (first answer or not)."""
     pending: int = 0
     """Statuses still waiting for their message after the pass (not orphaned)."""
     orphaned: int = 0
@@ -323,6 +326,7 @@ def _process(session: Session, events: list[_Event], now: datetime, rules: _Rule
 
     stats.statuses_applied = _apply_statuses(session, statuses, now, notes)
     stats.inbound = apply_inbound(session, inbound, preferences, opt_out=rules.opt_out, opt_in=rules.opt_in)
+    stats.replies = apply_replies(session, inbound)
 
     for chunk in batches([e.id for e in events if e.error is None]):
         session.execute(update(WebhookEvent).where(WebhookEvent.id.in_(chunk)).values(processed_at=now, error=None))

@@ -20,6 +20,8 @@ def format_summary(s: Summary) -> str:
         f"Delivery rate {percent(s.delivery_rate)} ({s.reached:,} delivered or read of {s.handed_to_meta:,} accepted by Meta)"
     )
     lines.append(f"Read rate     {percent(s.read_rate)} ({s.counts.get('read', 0):,} read of {s.reached:,} delivered)")
+    buttons = ", ".join(f"{reply} {n:,}" for reply, n in s.replies_by_button.items())
+    lines.append(f"Replies       {percent(s.reply_rate)} ({s.replied:,} of {s.reached:,} reached)" + (f"; {buttons}" if buttons else ""))
     for label, d in (("Time to deliver", s.time_to_deliver), ("Time to read   ", s.time_to_read)):
         if d.count:
             lines.append(f"{label} median {_human(d.median)}, 90% within {_human(d.p90)} ({d.count:,} messages)")

@@ -19,14 +19,17 @@ duplication of one message's statuses ends in one state:
   one kept is chosen by content (the smallest code first), not by arrival.
 
 Also the format of `biz_opaque_callback_data`, which carries the outbox id through Meta
-and back in status webhooks (DESIGN.md guarantee 3). Pure: no I/O.
+and back in status webhooks (DESIGN.md guarantee 3), and of the engine's default quick-reply
+payload, which carries it back in a button tap (reply attribution, inbound.py). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from campaign.states import MessageState
 
@@ -144,3 +147,56 @@ def parse_callback_data(value: str | None) -> int | None:
         return None
     match = _CALLBACK.fullmatch(value)
     return int(match.group(1)) if match else None
+
+
+# -- quick-reply payloads -----------------------------------------------------------------------
+
+_QUICK_REPLY = re.compile(r"m([1-9][0-9]{0,17})\.q(0|[1-9][0-9]{0,3})")
+
+
+def quick_reply_payload(message_id: int, index: int) -> str:
+    """The payload the dispatcher sends for quick-reply button `index` (0-based) of message
+    `message_id` when the user bound none: Meta echoes it in the tap's `button.payload`, so a
+    tap names its message even when the webhook has no `context` (whatsapp-templates.md §7)."""
+    return f"m{message_id}.q{index}"
+
+
+def parse_quick_reply_payload(value: str | None) -> tuple[int, int] | None:
+    """(message id, button index) of an engine default payload, or None for anything else (a
+    payload the user bound, another app's)."""
+    if not isinstance(value, str):
+        return None
+    match = _QUICK_REPLY.fullmatch(value)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+_BUTTON_TARGET = re.compile(r"(card\.[0-9]+\.)?button\.[0-9]+")
+
+
+def bound_payloads(binding: Mapping[str, Any] | None) -> frozenset[str]:
+    """The literal payloads a campaign's binding gives its buttons (`button.N=` or
+    `card.K.button.N=` a `=TEXT` literal, stored as `{"literal": TEXT}`): the same for every
+    recipient, so a tap carrying one names the campaign but not the message."""
+    if not isinstance(binding, Mapping):
+        return frozenset()
+    return frozenset(
+        source["literal"] for target, source in binding.items()
+        if isinstance(target, str) and _BUTTON_TARGET.fullmatch(target)
+        and isinstance(source, Mapping) and isinstance(source.get("literal"), str) and source["literal"]
+    )
+
+
+def quick_reply_labels(template: Any) -> frozenset[str]:
+    """The texts of a template definition's quick-reply buttons (carousel cards' included),
+    as `GET /{waba-id}/message_templates` returns it: what a tap on one shows as its label."""
+    labels: set[str] = set()
+    stack = [template]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, Mapping):
+            if str(node.get("type", "")).upper() == "QUICK_REPLY" and isinstance(node.get("text"), str):
+                labels.add(node["text"])
+            stack.extend(v for v in node.values() if isinstance(v, (list, Mapping)))
+    return frozenset(labels)

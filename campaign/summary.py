@@ -19,7 +19,10 @@ from campaign.clock import utcnow
 from campaign.db import Database
 from campaign.models import Message
 from campaign.states import MessageState
+from campaign.statuses import bound_payloads, quick_reply_labels
 
+TOP_BUTTONS = 10
+"""`replies_by_button` lists this many buttons at most."""
 WAITING_AFTER = timedelta(hours=1)
 """A `sent` message with no delivered/read/failed status after this long counts as waiting.
 Meta usually reports delivery within seconds; a phone that stays offline can take up to the
@@ -80,6 +83,16 @@ class Summary:
     that failed, they are requests that failed."""
     read_rate: float | None
     """read / reached."""
+    replied: int
+    """Messages the recipient answered (a reply with the message as its context, or a tap
+    on one of its buttons): `replied_at` is set."""
+    reply_rate: float | None
+    """replied / reached; None when nothing was reached."""
+    replies_by_button: dict[str, int]
+    """First answers that are one of the campaign's buttons (a quick-reply label of its
+    template, or a payload its binding gives a button) → how many, the most frequent first,
+    at most TOP_BUTTONS. A reply is stored as text, so a typed reply that spells a button's
+    label exactly counts as that button."""
     failures: list[ErrorGroup]
     """Failed messages by error code, the largest group first."""
     failed_before_meta: int
@@ -146,12 +159,13 @@ def summary(db: Database, name: str, *, now: datetime | None = None,
             _count(_m.attempts > 1),
             _count(_m.pair_hits > 0),
             _count(_m.error_code == 130429),
+            _count(_m.replied_at.is_not(None)),
             func.min(_m.sent_at),
             func.max(_m.sent_at),
         ).where(mine)).one()
         # One scan for all of these: on SQLite each pass over a million wide rows costs ~0.7 s.
         (failed_accepted, failed_before, waiting, in_doubt, in_flight, retry_pending,
-         retried, pair_limited, throttled, first_sent, last_sent) = figures
+         retried, pair_limited, throttled, replied, first_sent, last_sent) = figures
         failures = _error_groups(conn, and_(mine, failed))
         retry_errors = _error_groups(conn, and_(mine, ~failed, _m.error_code.is_not(None),
                                                 _m.state != MessageState.SKIPPED.value))
@@ -164,6 +178,8 @@ def summary(db: Database, name: str, *, now: datetime | None = None,
         ]
         time_to_deliver = _durations(conn, campaign.id, _m.sent_at, _m.delivered_at)
         time_to_read = _durations(conn, campaign.id, _m.sent_at, _m.read_at)
+        buttons = bound_payloads(campaign.binding) | quick_reply_labels(campaign.template_definition)
+        replies_by_button = _replies_by_button(conn, mine, buttons) if replied else {}
         state = campaign.state
 
     reached = counts["delivered"] + counts["read"]
@@ -173,6 +189,7 @@ def summary(db: Database, name: str, *, now: datetime | None = None,
         handed_to_meta=handed, reached=reached,
         delivery_rate=reached / handed if handed else None,
         read_rate=counts["read"] / reached if reached else None,
+        replied=replied, reply_rate=replied / reached if reached else None, replies_by_button=replies_by_button,
         failures=failures, failed_before_meta=failed_before, skipped=skipped,
         time_to_deliver=time_to_deliver, time_to_read=time_to_read,
         waiting_for_status=waiting, waiting_after=waiting_after, in_doubt=in_doubt, in_flight=in_flight,
@@ -183,6 +200,15 @@ def summary(db: Database, name: str, *, now: datetime | None = None,
 
 def _count(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _replies_by_button(conn: Connection, mine: ColumnElement[bool], buttons: frozenset[str]) -> dict[str, int]:
+    if not buttons:
+        return {}
+    # A campaign has a few buttons: sorted here, so ties come out the same on both dialects
+    # (PostgreSQL would order text by its locale's collation).
+    counts = conn.execute(select(_m.reply, func.count()).where(mine, _m.reply.in_(sorted(buttons))).group_by(_m.reply))
+    return dict(sorted(((reply, n) for reply, n in counts), key=lambda pair: (-pair[1], pair[0]))[:TOP_BUTTONS])
 
 
 def _error_groups(conn: Connection, where: ColumnElement[bool]) -> list[ErrorGroup]:

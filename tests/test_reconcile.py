@@ -278,6 +278,9 @@ def test_reactions_and_system_messages_do_not_open_the_window(db: Database) -> N
     {"type": "text", "text": {"body": "Unsubscribe"}},
     {"type": "button", "button": {"payload": "STOP", "text": "Stop promotions"}},
     {"type": "button", "button": {"payload": "promo-off", "text": "stop"}},
+    # Meta's marketing templates offer this quick reply; the engine's default payload names the message.
+    {"type": "button", "button": {"payload": "m1.q1", "text": "Stop promotions"}},
+    {"type": "text", "text": {"body": "stop promotions"}},
     {"type": "interactive", "interactive": {"type": "button_reply", "button_reply": {"id": "b1", "title": "STOP"}}},
     {"type": "interactive", "interactive": {"type": "list_reply", "list_reply": {"id": "unsubscribe", "title": "No more"}}},
 ])

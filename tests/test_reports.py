@@ -51,9 +51,11 @@ SPRING: list[dict[str, Any]] = [
     dict(state="delivered", wamid="wamid.3", wa_id="4915123000003", sent_at=at(10.5), delivered_at=at(12.5), attempts=1),
     dict(state="delivered", wamid="wamid.4", sent_at=at(20), delivered_at=at(24), attempts=2,
          error_code=130429, error_title="Rate limit hit"),
-    dict(state="read", wamid="wamid.5", sent_at=at(30), delivered_at=at(31), read_at=at(90), attempts=1),
+    dict(state="read", wamid="wamid.5", sent_at=at(30), delivered_at=at(31), read_at=at(90), attempts=1,
+         replied_at=at(95.5), reply="Interested"),
     dict(state="read", wamid="wamid.6", sent_at=at(40), delivered_at=at(48), read_at=at(160), attempts=1,
-         pair_hits=1, error_code=131056, error_title="Pair rate limit hit"),
+         pair_hits=1, error_code=131056, error_title="Pair rate limit hit",
+         replied_at=at(170), reply='Yes, "both" please\nthanks'),
     dict(state="failed", wamid="wamid.7", sent_at=at(50), failed_at=at(55), attempts=1,
          error_code=131026, error_title="Message undeliverable", error_details="Receiver is incapable"),
     dict(state="failed", wamid="wamid.8", sent_at=at(60), failed_at=at(66), attempts=1,
@@ -149,7 +151,7 @@ def test_header_is_the_interface_columns_then_the_original_csv_columns(db: Datab
     build_spring(db)
     header = report_text(db).splitlines()[0]
     assert header == ("phone,wa_id,status,wamid,error_code,error_title,sent_at,delivered_at,read_at,failed_at,"
-                      "csv_phone,name,order")
+                      "replied_at,reply,csv_phone,name,order")
     assert header.split(",")[: len(export.COLUMNS)] == export.COLUMNS
 
 
@@ -176,6 +178,9 @@ def test_every_state_is_reported_with_its_error_and_iso_utc_times(db: Database) 
     assert delivered["wa_id"] == "4915123000003"
     read = rows[PHONES[5]]
     assert (read["delivered_at"], read["read_at"]) == ("2026-11-21T10:00:31Z", "2026-11-21T10:01:30Z")
+    assert (read["replied_at"], read["reply"]) == ("2026-11-21T10:01:35Z", "Interested")
+    assert rows[PHONES[6]]["reply"] == 'Yes, "both" please\nthanks'
+    assert (delivered["replied_at"], delivered["reply"]) == ("", "")
     # An error left from a retry that later succeeded is not shown as the message's error...
     assert (rows[PHONES[4]]["error_code"], rows[PHONES[4]]["error_title"]) == ("", "")
     # ...but a message still waiting for its retry shows why, and a skipped one its reason.
@@ -274,6 +279,8 @@ def test_parquet_has_a_typed_schema(db: Database, tmp_path: Path) -> None:
     schema = pq.read_schema(tmp_path / "r.parquet")
     assert schema.field("error_code").type == pa.int64()
     assert schema.field("sent_at").type == pa.timestamp("ms", tz="UTC")
+    assert schema.field("replied_at").type == pa.timestamp("ms", tz="UTC")
+    assert schema.field("reply").type == pa.string()
     assert schema.field("phone").type == pa.string() and schema.field("order").type == pa.string()
 
 
@@ -346,8 +353,8 @@ def test_rows_from_no_import_contribute_every_key_in_order_of_appearance(db: Dat
     rows = {r["phone"]: r for r in report_rows(db)}
     header = list(next(iter(rows.values())))
     # The first rows' keys in their order; keys other rows add come after (in scan order).
-    assert header[:13] == export.COLUMNS + ["csv_phone", "name", "order"]
-    assert sorted(header[13:]) == ["extra", "tier"]
+    assert header[:15] == export.COLUMNS + ["csv_phone", "name", "order"]
+    assert sorted(header[15:]) == ["extra", "tier"]
     assert (rows[PHONES[3]]["extra"], rows[PHONES[3]]["order"]) == ("e", "")
     assert rows[PHONES[5]]["tier"] == "7"  # a script's number comes out as text
 
@@ -383,6 +390,8 @@ def test_summary_figures_of_a_known_campaign(db: Database) -> None:
     assert (s.handed_to_meta, s.reached, s.failed_before_meta) == (7, 4, 1)
     assert s.delivery_rate == pytest.approx(4 / 7)
     assert s.read_rate == 0.5
+    # Both read messages were answered; spring binds no button and has no template definition.
+    assert (s.replied, s.reply_rate, s.replies_by_button) == (2, 0.5, {})
     # Sent → delivered: 2, 4, 1 and 8 s; numpy's percentiles of [1, 2, 4, 8] are 3.0 and 6.8.
     assert s.time_to_deliver == summary.Durations(count=4, median=3.0, p90=6.8)
     assert s.time_to_read == summary.Durations(count=2, median=90.0, p90=114.0)
@@ -416,12 +425,14 @@ def test_summary_text_and_json(db: Database) -> None:
     text = render.format_summary(s)
     assert "Delivery rate 57.1% (4 delivered or read of 7 accepted by Meta)" in text
     assert "Read rate     50.0%" in text
+    assert "Replies       50.0% (2 of 4 reached)\n" in text
     assert "median 3.0 s, 90% within 6.8 s" in text
     assert "131026" in text and "undeliverable" in text
     data = json.loads(json.dumps(s.as_dict()))
     assert data["counts"]["failed"] == 3 and data["first_sent_at"] == "2026-11-21T10:00:00Z"
     assert data["time_to_read"] == {"count": 2, "median": 90.0, "p90": 114.0}
     assert data["failures"][0]["code"] == 131026 and data["waiting_after"] == 3600.0
+    assert (data["replied"], data["reply_rate"], data["replies_by_button"]) == (2, 0.5, {})
 
 
 # -- chart ---------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from campaign.statuses import (
     merge,
     merge_all,
     parse_callback_data,
+    parse_quick_reply_payload,
+    quick_reply_payload,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -107,3 +109,12 @@ def test_callback_data_round_trips_and_ignores_other_apps_data() -> None:
     assert parse_callback_data(callback_data(42)) == 42
     for other in (None, "", "some data", "m", "m0", "m-1", "m042", "M42", "m42 ", "m" + "9" * 30, "x42"):
         assert parse_callback_data(other) is None
+
+
+def test_quick_reply_payload_round_trips_and_ignores_other_payloads() -> None:
+    assert quick_reply_payload(42, 0) == "m42.q0"
+    assert parse_quick_reply_payload(quick_reply_payload(42, 0)) == (42, 0)
+    assert parse_quick_reply_payload(quick_reply_payload(7, 12)) == (7, 12)
+    for other in (None, "", "m42", "STOP", "m42.q", "m42.q01", "m0.q1", "m042.q1", "M42.q1", "m42.Q1",
+                  "m42.q1 ", " m42.q1", "m42-q1", "m42.q-1", "m42.q1.q2", "m" + "9" * 30 + ".q1", "m42.q99999"):
+        assert parse_quick_reply_payload(other) is None, other
