@@ -16,8 +16,11 @@ from sqlalchemy.orm import Session
 
 from campaign.exceptions import CampaignError
 from campaign.clock import utcnow
-from campaign.models import Campaign, Message
+from campaign.models import Campaign, MediaUpload, Message
+from campaign import binding
+from campaign.binding import Binding, Source, SourceKind
 from campaign.payloads import MessageSpec
+from campaign.templates import TemplateInfo, parse_template
 from campaign.states import CampaignState, MessageState
 
 HEADER_TYPES = ("image", "video", "document")
@@ -35,6 +38,9 @@ class CampaignSpec:
     template: str
     language: str
     params: list[str] = field(default_factory=list)
+    """`--param`: shorthand for `--bind body.N=COLUMN`."""
+    binds: list[str] = field(default_factory=list)
+    """`--bind TARGET=SOURCE`, as typed."""
     text: str | None = None
     header_type: str | None = None
     header_link: str | None = None
@@ -76,6 +82,12 @@ def validate_spec(spec: CampaignSpec) -> None:
         raise CampaignError("--mps must be greater than 0")
     if spec.category is not None and spec.category not in TEMPLATE_CATEGORIES:
         raise CampaignError(f"--category must be one of {', '.join(TEMPLATE_CATEGORIES)}")
+    binding_of_spec(spec)
+
+
+def binding_of_spec(spec: CampaignSpec) -> Binding:
+    """Every target the campaign fills, from `--bind` and the shorthands."""
+    return binding.from_options(spec.binds, spec.params, spec.header_type, spec.header_link)
 
 
 def create(session: Session, spec: CampaignSpec, *, now: datetime | None = None) -> Campaign:
@@ -93,6 +105,7 @@ def create(session: Session, spec: CampaignSpec, *, now: datetime | None = None)
         text_body=spec.text,
         header_type=spec.header_type,
         header_link=spec.header_link,
+        binding={key: source.as_json() for key, source in binding_of_spec(spec).items()},
         phone_number_id=spec.phone_number_id,
         mps=spec.mps,
         created_at=now or utcnow(),
@@ -236,10 +249,14 @@ class RunningCampaign:
     spec: MessageSpec
     marketing: bool
     mps: int | None
+    missing_media: tuple[str, ...] = ()
+    """Files of the binding with no live upload for the sender (a worker uploads them)."""
 
 
-def running(session: Session, names: Sequence[str] | None, now: datetime) -> list[RunningCampaign]:
-    """Running campaigns (scheduled ones whose time came are started first)."""
+def running(session: Session, names: Sequence[str] | None, now: datetime,
+            default_sender: str | None = None) -> list[RunningCampaign]:
+    """Running campaigns (scheduled ones whose time came are started first), each with the
+    media ids its file sources were uploaded under (see `media`)."""
     due = select(Campaign).where(Campaign.state == CampaignState.SCHEDULED, Campaign.scheduled_at <= now)
     for campaign in session.scalars(due):
         campaign.state = CampaignState.RUNNING
@@ -247,7 +264,22 @@ def running(session: Session, names: Sequence[str] | None, now: datetime) -> lis
     query = select(Campaign).where(Campaign.state == CampaignState.RUNNING)
     if names:
         query = query.where(Campaign.name.in_(names))
-    return [_running(c) for c in session.scalars(query)]
+    return [sendable(session, campaign, default_sender, now) for campaign in session.scalars(query)]
+
+
+def sendable(session: Session, campaign: Campaign, default_sender: str | None, now: datetime) -> RunningCampaign:
+    """What a worker needs to send `campaign`, with the live uploads of its files."""
+    files = [s.value for s in binding_of(campaign).values() if s.kind is SourceKind.FILE]
+    uploads = _uploads(session, sender_of(campaign.phone_number_id, default_sender), files, now) if files else {}
+    return _running(campaign, uploads, tuple(f for f in files if f not in uploads))
+
+
+def _uploads(session: Session, sender: str | None, paths: list[str], now: datetime) -> dict[str, str]:
+    """Path -> media id of its live upload for `sender`."""
+    rows = session.execute(select(MediaUpload.path, MediaUpload.media_id)
+                           .where(MediaUpload.sender == sender, MediaUpload.path.in_(paths), MediaUpload.expires_at > now)
+                           .order_by(MediaUpload.uploaded_at)).all()
+    return dict(rows)
 
 
 def complete_finished(session: Session, now: datetime) -> list[str]:
@@ -268,24 +300,42 @@ def engine_pause_all(session: Session, campaign_ids: Iterable[int], reason: str,
             if engine_pause(session, campaign, reason, code, now=now)]
 
 
-def _running(campaign: Campaign) -> RunningCampaign:
+def _running(campaign: Campaign, media_ids: dict[str, str], missing_media: tuple[str, ...]) -> RunningCampaign:
     return RunningCampaign(
         id=campaign.id,
         name=campaign.name,
         state=campaign.state,
         sender=campaign.phone_number_id,
-        spec=message_spec(campaign),
+        spec=message_spec(campaign, media_ids),
         marketing=campaign.template_category == "marketing",
         mps=campaign.mps,
+        missing_media=missing_media,
     )
 
 
-def message_spec(campaign: Campaign) -> MessageSpec:
+def binding_of(campaign: Campaign) -> Binding:
+    """The campaign's binding (a campaign created before `--bind` existed: its shorthands)."""
+    if campaign.binding is not None:
+        return {key: Source.from_json(source) for key, source in campaign.binding.items()}
+    return binding.from_options((), campaign.param_columns, campaign.header_type, campaign.header_link)
+
+
+def template_info(campaign: Campaign) -> TemplateInfo | None:
+    """The template as the last check found it, when there was one."""
+    return parse_template(campaign.template_definition) if campaign.template_definition else None
+
+
+def message_spec(campaign: Campaign, media_ids: dict[str, str] | None = None) -> MessageSpec:
+    info = template_info(campaign)
+    bound = binding_of(campaign)
     return MessageSpec(
         template_name=campaign.template_name,
         template_language=campaign.template_language,
-        param_columns=tuple(campaign.param_columns),
         text_body=campaign.text_body,
-        header_type=campaign.header_type,
-        header_link=campaign.header_link,
+        binding=tuple(bound.items()),
+        targets=info.targets if info is not None else None,
+        named=info.parameter_format == "NAMED" if info is not None else any(
+            key.startswith("body.") and not key[5:].isdigit() for key in bound),
+        header_kind=campaign.header_type,
+        media_ids=tuple(sorted((media_ids or {}).items())),
     )

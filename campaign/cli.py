@@ -113,6 +113,9 @@ def db_upgrade(app: AppContext) -> None:
 @click.option("--template", required=True, help="Approved template name.")
 @click.option("--language", required=True, help="Template language code, e.g. en_US.")
 @click.option("--param", "params", multiple=True, metavar="COLUMN", help="CSV column filling {{1}}, {{2}}, ... in order.")
+@click.option("--bind", "binds", multiple=True, metavar="TARGET=SOURCE",
+              help="Fill a template part: header, body.N, body.NAME, button.N, card.K.header|body.N|button.N, offer; "
+                   "from a COLUMN, =LITERAL, https://link, media:ID or file:PATH (see `campaign templates`).")
 @click.option("--text", help="Free-form body with {column} placeholders, for recipients whose 24-hour window is open.")
 @click.option("--header-image", metavar="URL")
 @click.option("--header-video", metavar="URL")
@@ -132,6 +135,7 @@ def create(
     template: str,
     language: str,
     params: tuple[str, ...],
+    binds: tuple[str, ...],
     text: str | None,
     header_image: str | None,
     header_video: str | None,
@@ -146,13 +150,38 @@ def create(
         raise CampaignError("give at most one of --header-image, --header-video, --header-document")
     header_type, header_link = next(iter(headers.items()), (None, None))
     spec = campaigns.CampaignSpec(
-        name=name, template=template, language=language, params=list(params), text=text,
+        name=name, template=template, language=language, params=list(params), binds=list(binds), text=text,
         header_type=header_type, header_link=header_link, phone_number_id=phone_number_id, mps=mps, category=category,
     )
     database = app.database()
     with database.session() as session:
         campaigns.create(session, spec)
     click.echo(f"created campaign {name!r} (draft): template {template} [{language}]")
+
+
+@main.command("templates")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_app
+@handle_errors
+def templates_(app: AppContext, name: str | None, as_json: bool) -> None:
+    """The WABA's templates (NAME's only, when given) and the targets each needs bound."""
+    found = [info for _, info in sending.templates(app.settings, name)]
+    if name and not found:
+        raise CampaignError(f"template {name!r} does not exist in this WhatsApp Business Account")
+    rows = [{"name": i.name, "language": i.language, "status": i.status, "category": i.category,
+             "parameter_format": i.parameter_format, "targets": [t.key for t in i.targets], "needs": i.describe()}
+            for i in sorted(found, key=lambda i: (i.name, i.language))]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no templates in this WhatsApp Business Account")
+        return
+    table = Table("name", "language", "status", "category", "bind", box=None)
+    for row in rows:
+        table.add_row(escape(row["name"]), row["language"], row["status"], row["category"] or "", escape(row["needs"]))
+    stdout.print(table)
 
 
 # -- import ----------------------------------------------------------------------------------

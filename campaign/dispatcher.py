@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from campaign import campaigns, errors, payloads, policy, statuses
+from campaign import campaigns, errors, media, payloads, policy, statuses
 from campaign.campaigns import RunningCampaign
 from campaign.clock import SYSTEM, Clock
 from campaign.config import Settings
 from campaign.db import Database
+from campaign.exceptions import CampaignError
 from campaign.graph import Accepted, GraphClient, GraphError, NotSent, Uncertain
 from campaign.lanes import SendLanes
 from campaign.limits import LocalGuard, guard_for
@@ -221,7 +222,18 @@ class Dispatcher:
 
     def _running(self, names: list[str] | None, now: datetime) -> list[RunningCampaign]:
         with self.db.session() as session:
-            return campaigns.running(session, names, now)
+            return campaigns.running(session, names, now, self.config.default_sender)
+
+    def _upload(self, campaign: RunningCampaign, now: datetime) -> str | None:
+        """Upload the campaign's files that have no live upload (Meta forgets them after 30
+        days); the reason it cannot, else None. The campaign is sent from the next poll on."""
+        sender = self._sender(campaign)
+        try:
+            for path in campaign.missing_media:
+                media.media_id(self.db, lambda: self.client_factory(2), sender, path, now)
+        except CampaignError as exc:
+            return f"{exc}; launch or resume it from a host that can read the file"
+        return None
 
     def _pause(self, campaign_ids: list[int], reason: str, code: int | None, now: datetime) -> list[str]:
         with self.db.session() as session:
@@ -233,6 +245,10 @@ class Dispatcher:
         if senderless:
             self.stats.paused += await self._db(self._pause, [c.id for c in senderless], campaigns.NO_SENDER, None, now)
             running = [c for c in running if c not in senderless]
+        for campaign in [c for c in running if c.missing_media]:
+            running.remove(campaign)
+            if (reason := await self._db(self._upload, campaign, now)) is not None:
+                self.stats.paused += await self._db(self._pause, [campaign.id], reason, None, now)
         self._campaigns = {c.id: c for c in running}
         stopped = []
         for queue in self._queues.values():
@@ -389,7 +405,7 @@ class Dispatcher:
         callback = statuses.callback_data(message.id)
         if message.choice is policy.Choice.TEXT:
             return payloads.text_payload(campaign.spec, message.phone, message.params, callback)
-        return payloads.template_payload(campaign.spec, message.phone, message.params, callback)
+        return payloads.template_payload(campaign.spec, message.phone, message.params, callback, message.id)
 
     def _sent(self, message: Claimed, accepted: Accepted) -> None:
         self.stats.sent += 1

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,8 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 CONNECTIONS = 20
+TEMPLATES_PAGE = 100
+MAX_PAGES = 1000
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30.0, sock_connect=10.0, sock_read=10.0)
 """`connect` covers waiting for a free connection of the pool as well: a request that times
 out there never left."""
@@ -116,22 +117,6 @@ class Accepted:
     message_status: str | None
 
 
-@dataclass(frozen=True)
-class Template:
-    name: str
-    language: str
-    status: str
-    category: str | None
-    body_parameters: int
-    header_parameters: int
-
-
-def count_placeholders(text: str | None) -> int:
-    """Distinct `{{n}}` (or named `{{name}}`) placeholders in a template component's text."""
-    return len(set(re.findall(r"\{\{\s*([\w]+)\s*\}\}", text or "")))
-
-
-
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     """One verifying TLS context for every client: loading the CA bundle costs ~25 ms, and
@@ -188,10 +173,11 @@ class GraphClient:
         return self._session
 
     async def _request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
-                       params: dict[str, str] | None = None) -> tuple[int, bytes]:
+                       params: dict[str, str] | None = None, data: aiohttp.FormData | None = None) -> tuple[int, bytes]:
         """(HTTP status, body). Raises `NotSent` or `Uncertain` when there is no answer."""
         try:
-            async with self._open().request(method, self._base + path, json=body, params=params) as response:
+            async with self._open().request(method, self._base + path, json=body, params=params,
+                                            data=data) as response:
                 return response.status, await response.read()
         except _NOT_SENT as exc:
             raise NotSent(f"{type(exc).__name__}: {exc}") from exc
@@ -202,10 +188,7 @@ class GraphClient:
         status, content = await self._request("POST", path, body=body)
         if status != 200:
             raise GraphError.from_answer(status, content)
-        try:
-            return json.loads(content)
-        except ValueError:
-            raise GraphError(f"HTTP 200 with a body that is not JSON: {content[:200]!r}", http_status=status) from None
+        return _json_object(content, status)
 
     async def check_contacts(self, phone_number_id: str, numbers: list[str]) -> list[ContactCheck]:
         """Which of `numbers` (E.164) have WhatsApp, where the provider still offers the check."""
@@ -234,28 +217,47 @@ class GraphClient:
             raise Uncertain(f"HTTP {status} without an error body")
         raise error
 
-    async def fetch_templates(self, waba_id: str, name: str) -> list[Template]:
-        """The WABA's templates called `name`, every language, with their parameter counts."""
-        params = {"name": name, "fields": "name,language,status,category,components,parameter_format", "limit": "100"}
-        status, content = await self._request("GET", f"{waba_id}/message_templates", params=params)
+    async def fetch_templates(self, waba_id: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Every page of the WABA's templates (only those called `name`, when given), each as
+        Graph returns it: templates.parse_template reads them."""
+        params = {"fields": "name,language,status,category,components,parameter_format", "limit": str(TEMPLATES_PAGE)}
+        if name:
+            params["name"] = name  # Meta's filter is a partial match: the exact name is kept below
+        found: list[dict[str, Any]] = []
+        for _ in range(MAX_PAGES):
+            status, content = await self._request("GET", f"{waba_id}/message_templates", params=params)
+            if status != 200:
+                raise GraphError.from_answer(status, content)
+            page = _json_object(content, status)
+            found += [item for item in page.get("data", [])
+                      if isinstance(item, dict) and (name is None or item.get("name") == name)]
+            paging = page.get("paging") or {}
+            after = (paging.get("cursors") or {}).get("after")
+            if not paging.get("next") or not after:
+                return found
+            params = {**params, "after": str(after)}
+        raise GraphError(f"more than {MAX_PAGES} pages of templates", http_status=status)
+
+    async def upload_media(self, phone_number_id: str, content: bytes, filename: str, mime_type: str) -> str:
+        """`POST /{phone-number-id}/media`: the id Meta keeps the file under (30 days)."""
+        form = aiohttp.FormData()
+        form.add_field("messaging_product", "whatsapp")
+        form.add_field("type", mime_type)
+        form.add_field("file", content, filename=filename, content_type=mime_type)
+        status, answer = await self._request("POST", f"{phone_number_id}/media", data=form)
         if status != 200:
-            raise GraphError.from_answer(status, content)
-        found = []
-        for item in json.loads(content).get("data", []):
-            if item.get("name") != name:
-                continue
-            components = {str(c.get("type", "")).upper(): c for c in item.get("components", [])}
-            header = components.get("HEADER", {})
-            found.append(
-                Template(
-                    name=item["name"],
-                    language=str(item.get("language", "")),
-                    status=str(item.get("status", "")).upper(),
-                    category=(item.get("category") or "").lower() or None,
-                    body_parameters=count_placeholders(components.get("BODY", {}).get("text")),
-                    header_parameters=count_placeholders(header.get("text"))
-                    if str(header.get("format", "TEXT")).upper() == "TEXT"
-                    else 0,
-                )
-            )
-        return found
+            raise GraphError.from_answer(status, answer)
+        media_id = _json_object(answer, status).get("id")
+        if not media_id:
+            raise GraphError(f"HTTP 200 without a media id: {answer[:200]!r}", http_status=status)
+        return str(media_id)
+
+
+def _json_object(content: bytes, status: int) -> dict[str, Any]:
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise GraphError(f"HTTP {status} with a body that is not a JSON object: {content[:200]!r}", http_status=status)
+    return answer

@@ -12,16 +12,18 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from campaign import campaigns, phone
+from campaign import binding, campaigns, media, phone
+from campaign.binding import SourceKind
 from campaign.clock import SYSTEM, Clock, utcnow
 from campaign.config import Settings
 from campaign.db import Database
 from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from campaign.exceptions import CampaignError
-from campaign.graph import GraphClient, GraphError, Template, TransportError
+from campaign.graph import GraphClient, GraphError, TransportError
 from campaign.models import Campaign, Message
-from campaign.payloads import template_payload
+from campaign.payloads import targets_without_definition, template_payload
 from campaign.states import CampaignState, MessageState
+from campaign.templates import TemplateInfo, parse_template
 
 
 def client_factory(settings: Settings) -> Callable[[int], GraphClient]:
@@ -32,46 +34,71 @@ def client_factory(settings: Settings) -> Callable[[int], GraphClient]:
     return lambda connections=20: GraphClient(settings.api_base_url, settings.api_version, token, connections=connections)
 
 
-def check_template(campaign: Campaign, templates: Sequence[Template]) -> Template:
-    """The pre-flight check: the template exists, is APPROVED in the campaign's language and
-    takes as many body parameters as the campaign has `--param` columns."""
-    if not templates:
-        raise CampaignError(f"template {campaign.template_name!r} does not exist in this WhatsApp Business Account")
-    match = next((t for t in templates if t.language == campaign.template_language), None)
-    if match is None:
-        languages = ", ".join(sorted(t.language for t in templates))
-        raise CampaignError(
-            f"template {campaign.template_name!r} has no {campaign.template_language} version (it has: {languages})"
-        )
-    if match.status != "APPROVED":
-        raise CampaignError(f"template {campaign.template_name!r} [{match.language}] is {match.status}, not APPROVED")
-    wanted = len(campaign.param_columns)
-    if match.body_parameters != wanted:
-        raise CampaignError(
-            f"template {campaign.template_name!r} takes {match.body_parameters} body parameters, "
-            f"campaign {campaign.name!r} gives {wanted} (--param)"
-        )
-    return match
+def templates(settings: Settings, name: str | None = None) -> list[tuple[dict[str, Any], TemplateInfo]]:
+    """The WABA's templates (every page; those called `name` when given): each as Meta
+    describes it, and read as bind targets."""
+    waba = settings.business_account_id
+    if not waba:
+        raise CampaignError("WA_BUSINESS_ACCOUNT_ID is not set: the templates live in the WhatsApp Business Account")
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with client_factory(settings)(4) as client:
+            return await client.fetch_templates(waba, name)
+
+    try:
+        items = asyncio.run(fetch())
+    except (GraphError, TransportError) as exc:
+        raise CampaignError(f"cannot read the templates of WhatsApp Business Account {waba}: {exc}") from None
+    return [(item, parse_template(item)) for item in items]
+
+
+def check(db: Database, settings: Settings, name: str, *, now: datetime | None = None) -> Campaign:
+    """The pre-flight of launch and `campaign test`: the template exists, is APPROVED in the
+    language, and every part of it is bound and nothing else is (with the WABA id: against
+    its definition, which is kept with the campaign); files bound to a media header are
+    uploaded (or their live upload reused). Raises CampaignError with one line naming the
+    template and the target."""
+    now = now or utcnow()
+    with db.read_session() as session:
+        campaign = campaigns.get(session, name)
+    bound = campaigns.binding_of(campaign)
+    definition, info = None, None
+    if settings.business_account_id:
+        found = templates(settings, campaign.template_name)
+        info = binding.choose([i for _, i in found], campaign.template_name, campaign.template_language)
+        definition = next(item for item, i in found if i is info)
+        kinds = {key: media.kind_of(s.value) for key, s in bound.items() if s.kind is SourceKind.FILE}
+        binding.check(info, bound, media_kinds=kinds)
+    else:
+        # Without the definition only what the options say can be sent: a header of the kind
+        # --header-image/-video/-document named, and body text.
+        known = {t.key for t in targets_without_definition(bound, campaign.header_type)}
+        for key in bound:
+            if key not in known:
+                raise CampaignError(
+                    f"{campaign.template_name}: {key} can be bound only against the template's definition: "
+                    "set WA_BUSINESS_ACCOUNT_ID (or use --header-image/--header-video/--header-document)")
+    files = {s.value for s in bound.values() if s.kind is SourceKind.FILE}
+    if files:
+        sender = campaigns.require_sender(campaign.phone_number_id, settings.phone_number_id)
+        factory = client_factory(settings)
+        for path in sorted(files):
+            media.media_id(db, lambda: factory(4), sender, path, now)
+    with db.session() as session:
+        campaign = campaigns.get(session, name)
+        if info is not None:
+            campaign.template_definition = definition
+            campaign.template_checked_at = now
+            campaign.template_category = info.category or campaign.template_category
+        return campaign
 
 
 def launch(db: Database, settings: Settings, name: str, *, at: datetime | None = None) -> Campaign:
-    """Start (or schedule) a campaign, after the template check when the WABA id is known."""
-    with db.read_session() as session:
-        campaign = campaigns.get(session, name)
-    category = None
-    if settings.business_account_id:
-        async def fetch() -> list[Template]:
-            async with client_factory(settings)(4) as client:
-                return await client.fetch_templates(settings.business_account_id or "", campaign.template_name)
-        try:
-            category = check_template(campaign, asyncio.run(fetch())).category
-        except (GraphError, TransportError) as exc:
-            raise CampaignError(f"cannot check template {campaign.template_name!r}: {exc}") from None
+    """Start (or schedule) a campaign, after the pre-flight (`check`)."""
+    check(db, settings, name)
     with db.session() as session:
         campaign = campaigns.get(session, name)
         campaigns.launch(session, campaign, at=at)
-        if category:
-            campaign.template_category = category
         return campaign
 
 
@@ -149,15 +176,17 @@ class TestSend:
 
 
 def send_test(db: Database, settings: Settings, name: str, numbers: Sequence[str], default_region: str | None = None) -> list[TestSend]:
-    """The campaign's template to a few numbers now, with its first recipient's values; not counted."""
+    """The campaign's template to a few numbers now, with its first recipient's values; not
+    counted. The pre-flight runs first, as for launch."""
     targets = phone.normalize_many(numbers, default_region, source="--to: ")
+    check(db, settings, name)
     with db.read_session() as session:
         campaign = campaigns.get(session, name)
         row = session.scalar(select(Message.params).where(Message.campaign_id == campaign.id).order_by(Message.id).limit(1))
-    if campaign.param_columns and row is None:
+        sender = campaigns.require_sender(campaign.phone_number_id, settings.phone_number_id)
+        spec = campaigns.sendable(session, campaign, settings.phone_number_id, utcnow()).spec
+    if binding.columns(campaigns.binding_of(campaign)) and row is None:
         raise CampaignError(f"campaign {name!r} has no recipients yet: import some first (their values fill the template)")
-    sender = campaigns.require_sender(campaign.phone_number_id, settings.phone_number_id)
-    spec = campaigns.message_spec(campaign)
 
     async def send() -> list[TestSend]:
         results = []

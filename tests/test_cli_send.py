@@ -52,7 +52,7 @@ def test_launch_refuses_a_template_that_does_not_match(cli, tmp_path: Path, env)
     cli("create", "short", "--template", "order_update", "--language", "en_US", "--param", "first_name")
     result = cli("launch", "short", env=env)
     assert result.exit_code == 1
-    assert result.stderr.strip() == "error: template 'order_update' takes 2 body parameters, campaign 'short' gives 1 (--param)"
+    assert result.stderr.strip() == "error: order_update: body.2 (text) is not bound"
     assert json.loads(cli("status", "short", "--json").stdout)["state"] == "draft"
 
 
@@ -79,3 +79,20 @@ def test_launch_at_a_future_time_schedules_it(spring, env) -> None:  # type: ign
     assert json.loads(spring("status", "spring", "--json").stdout)["state"] == "scheduled"
     bad = spring("launch", "spring", "--at", "next tuesday", env=env)
     assert bad.exit_code == 1 and "--at 'next tuesday' is not an ISO 8601 time" in bad.stderr
+
+
+def test_templates_lists_every_template_with_what_it_needs_bound(cli, env) -> None:  # type: ignore[no-untyped-def]
+    listed = {t["name"]: t for t in json.loads(cli("templates", "--json", env=env).stdout)}
+    assert listed["promo_image"]["needs"] == "header(image) body.1 button.0(url) button.1(quick_reply, optional) button.2(quick_reply, optional)"
+    assert listed["flash_sale"]["status"] == "PAUSED" and listed["promo_image"]["category"] == "marketing"
+    one = cli("templates", "login_code", env=env)
+    assert one.exit_code == 0 and "login_code" in one.stdout and "promo_image" not in one.stdout
+    missing = cli("templates", "no_such", env=env)
+    assert missing.exit_code == 1 and missing.stderr.strip() == "error: template 'no_such' does not exist in this WhatsApp Business Account"
+
+
+def test_create_refuses_a_bind_it_cannot_read_with_one_line(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("create", "x", "--template", "promo_image", "--language", "en_US", "--bind", "button.zero=order")
+    assert result.exit_code == 1 and result.stderr.startswith("error: --bind 'button.zero=order'")
+    twice = cli("create", "y", "--template", "order_update", "--language", "en_US", "--param", "a", "--bind", "body.1=b")
+    assert twice.exit_code == 1 and "body.1 is bound twice" in twice.stderr

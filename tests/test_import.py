@@ -78,10 +78,10 @@ def test_each_rejected_row_goes_to_the_rejects_file_with_its_reason(db: Database
     )
     result = import_file(db, "spring", path, ImportOptions(default_region="DE", rejects_path=tmp_path / "rej.csv"))
     assert result.summary_line() == (
-        "imported 1, rejected 5 (invalid 2, duplicate 1, suppressed 1, not_on_whatsapp 0, missing_param 1)"
+        "imported 1, rejected 5 (invalid 2, duplicate 1, suppressed 1, not_on_whatsapp 0, bad_param 1)"
     )
     found = {(r["line"], r["reason"]) for r in rejects(tmp_path / "rej.csv")}
-    assert found == {("3", "duplicate"), ("4", "invalid_number"), ("5", "suppressed"), ("6", "missing_param"), ("7", "invalid_number")}
+    assert found == {("3", "duplicate"), ("4", "invalid_number"), ("5", "suppressed"), ("6", "bad_param"), ("7", "invalid_number")}
     spreadsheet = next(r for r in rejects(tmp_path / "rej.csv") if r["line"] == "7")
     assert "spreadsheet" in spreadsheet["detail"] and spreadsheet["name"] == "Dan"
     assert list(queued(db)) == ["+4915123456789"]
