@@ -249,6 +249,8 @@ class RunningCampaign:
     spec: MessageSpec
     marketing: bool
     mps: int | None
+    category: str | None = None
+    """marketing, utility or authentication; None until given or read at launch."""
     missing_media: tuple[str, ...] = ()
     """Files of the binding with no live upload for the sender (a worker uploads them)."""
 
@@ -309,6 +311,7 @@ def _running(campaign: Campaign, media_ids: dict[str, str], missing_media: tuple
         spec=message_spec(campaign, media_ids),
         marketing=campaign.template_category == "marketing",
         mps=campaign.mps,
+        category=campaign.template_category,
         missing_media=missing_media,
     )
 

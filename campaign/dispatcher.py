@@ -441,7 +441,7 @@ class Dispatcher:
         if what.limit_marketing_for:
             self._results.marketing_limited[message.contact_id] = now + timedelta(seconds=what.limit_marketing_for)
         if what.suppress:
-            self._results.suppress[message.phone] = f"Meta error {code}: {rule.meaning}"
+            self._results.suppress[message.phone] = (f"Meta error {code}: {rule.meaning}", what.suppress)
         if what.pause is not None:
             await self._pause_for(sender, campaign, what.pause, rule, code, error)
 

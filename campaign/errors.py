@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from campaign import policy
+from campaign.states import SuppressionScope
 
 
 class Action(StrEnum):
@@ -163,8 +164,8 @@ class Consequence:
     slow_sender: bool = False
     unreachable: bool = False
     """The contact is remembered as unreachable (131026)."""
-    suppress: bool = False
-    """The number goes on the suppression list (131050)."""
+    suppress: SuppressionScope | None = None
+    """The number goes on the suppression list, for this scope (131050: marketing)."""
     limit_marketing_for: float | None = None
     """No marketing to the contact for this many seconds (131049)."""
     pause: Pause | None = None
@@ -185,8 +186,9 @@ def consequence(
     A message Meta had accepted (`Source.STATUS`) is final when it fails: the engine never
     sends again what Meta accepted (a resend could race the old message's late statuses).
     The contact, campaign and sender effects are the same from either source."""
-    effects = {"unreachable": rule.unreachable, "suppress": rule.action is Action.FAIL_AND_SUPPRESS,
-               "limit_marketing_for": rule.no_resend_for}
+    effects = {"unreachable": rule.unreachable, "limit_marketing_for": rule.no_resend_for,
+               # 131050: the user stopped marketing from the business; other templates still reach them.
+               "suppress": SuppressionScope.MARKETING if rule.action is Action.FAIL_AND_SUPPRESS else None}
     action = rule.action
     if action in (Action.PAUSE_CAMPAIGN, Action.PAUSE_ALL):
         pause = Pause.SENDER if action is Action.PAUSE_ALL else Pause.CAMPAIGN

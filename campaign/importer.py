@@ -29,7 +29,7 @@ from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from campaign import binding, campaigns, contacts, csvfile, files, phone
+from campaign import binding, campaigns, contacts, csvfile, files, phone, policy
 from campaign.binding import SourceKind
 from campaign.db import Database
 from campaign.exceptions import CampaignError
@@ -149,7 +149,7 @@ def import_file(
             batch = _Batch(session, campaign, record.id, now)
             rows = _Classifier(
                 existing=_campaign_phones(session, campaign.id),
-                suppressed=_suppressions(session),
+                suppressed=_suppressions(session, campaign.template_category),
                 unreachable=unreachable,
                 checks=checks,
             )
@@ -225,10 +225,14 @@ def _campaign_phones(session: Session, campaign_id: int) -> set[str]:
     return set(session.scalars(query))
 
 
-def _suppressions(session: Session) -> dict[str, str]:
+def _suppressions(session: Session, category: str | None) -> dict[str, str]:
+    """The suppressed numbers that stop this campaign's template (policy.suppression_applies),
+    with why."""
     return {
         p: f"on the suppression list ({source}{': ' + reason if reason else ''})"
-        for p, source, reason in session.execute(select(Suppression.phone, Suppression.source, Suppression.reason))
+        for p, source, reason, scope in session.execute(
+            select(Suppression.phone, Suppression.source, Suppression.reason, Suppression.scope))
+        if policy.suppression_applies(scope, category)
     }
 
 

@@ -4,12 +4,14 @@ The reconciler (reconcile.py) hands over what events.py parsed from the stored w
 
 - `messages[]` (inbound) upsert the contact and open its 24-hour window (`last_inbound_at`);
   STOP / UNSUBSCRIBE (and the configured words), typed or sent as a quick-reply button or
-  an interactive reply, suppress the number (source `opt_out`); START lifts only an
+  an interactive reply, suppress the number (source `opt_out`; typed: every message, a
+  tapped button: marketing only, scope `marketing`); START lifts only an
   `opt_out` suppression. Opt-outs and opt-ins are compared by their message times
   (`Contact.opted_out_at` / `opted_in_at`), so STOP and START arriving in either order
   end the same way.
 - `user_preferences` (the user stopped or resumed marketing in WhatsApp): `stop`
-  suppresses (source `opt_out`); `resume` / `signup` lift `opt_out` and `error_131050`
+  suppresses marketing (source `opt_out`, scope `marketing`); `resume` / `signup` lift
+  `opt_out` and `error_131050`
   suppressions, the ones Meta's own marketing switch stands for.
 
 Applying is idempotent: contact times only ever move forward (they merge with max).
@@ -39,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from campaign.events import InboundItem, PreferenceItem
 from campaign.models import Campaign, Contact, Message, Suppression
-from campaign.states import SuppressionSource
+from campaign.states import SuppressionScope, SuppressionSource
 from campaign.sql import batches, insert_ignore
 from campaign.statuses import bound_payloads, parse_quick_reply_payload
 from campaign.suppressions import suppress
@@ -70,13 +72,16 @@ def apply_inbound(session: Session, inbound: list[InboundItem], preferences: lis
             contact.wa_id = contact.wa_id or message.wa_id
         said = {w.strip().casefold() for w in message.words}
         if said & opt_out:
-            _opt_out(session, contacts, message.at)
+            # A typed STOP stops everything; a tapped button ("Stop promotions" on a marketing
+            # template) stops marketing: utility and authentication templates still reach them.
+            typed = message.text is not None and message.text.strip().casefold() in opt_out
+            _opt_out(session, contacts, message.at, SuppressionScope.ALL if typed else SuppressionScope.MARKETING)
         elif said & opt_in:
             _opt_in(session, contacts, message.at, (SuppressionSource.OPT_OUT,))
     for preference in preferences:
         contacts = people[preference.wa_id]
-        if preference.value == "stop":
-            _opt_out(session, contacts, preference.at)
+        if preference.value == "stop":  # Meta's own switch: marketing messages only
+            _opt_out(session, contacts, preference.at, SuppressionScope.MARKETING)
         else:
             _opt_in(session, contacts, preference.at, (SuppressionSource.OPT_OUT, SuppressionSource.ERROR_131050))
     return len(inbound)
@@ -108,7 +113,7 @@ def _known_contacts(session: Session, wa_ids: set[str]) -> dict[str, list[Contac
     return people
 
 
-def _opt_out(session: Session, contacts: list[Contact], at: datetime) -> None:
+def _opt_out(session: Session, contacts: list[Contact], at: datetime, scope: SuppressionScope) -> None:
     """STOP at `at`: void if the person opted in later (see module docstring)."""
     numbers = []
     for contact in contacts:
@@ -117,7 +122,8 @@ def _opt_out(session: Session, contacts: list[Contact], at: datetime) -> None:
             numbers.append(contact.phone)
     if numbers:
         session.flush()
-        suppress(session, numbers, reason="the recipient opted out", source=SuppressionSource.OPT_OUT, now=at)
+        reason = "the recipient opted out" + (" of marketing messages" if scope is SuppressionScope.MARKETING else "")
+        suppress(session, numbers, reason=reason, source=SuppressionSource.OPT_OUT, scope=scope, now=at)
 
 
 def _opt_in(session: Session, contacts: list[Contact], at: datetime, sources: tuple[SuppressionSource, ...]) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from campaign.clock import utcnow
-from campaign.states import CampaignState, MessageState, SuppressionSource
+from campaign.states import CampaignState, MessageState, SuppressionScope, SuppressionSource
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -264,6 +264,8 @@ class Suppression(Base):
     phone: Mapped[str] = mapped_column(String(20), unique=True)
     reason: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16), default=SuppressionSource.MANUAL)
+    scope: Mapped[str] = mapped_column(String(16), default=SuppressionScope.ALL, server_default=SuppressionScope.ALL.value)
+    """`all`, or `marketing`: utility and authentication templates still reach the number."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

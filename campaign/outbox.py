@@ -37,7 +37,7 @@ from campaign.campaigns import RunningCampaign
 from campaign.db import Database
 from campaign.models import Campaign, Contact, Message, Suppression
 from campaign.sql import MESSAGING_LIMIT_LOCK, advisory_lock
-from campaign.states import CampaignState, MessageState, SuppressionSource
+from campaign.states import CampaignState, MessageState, SuppressionScope, SuppressionSource
 
 GRACE = timedelta(minutes=10)
 """How long an in-doubt message waits for a webhook before it may be sent again."""
@@ -73,8 +73,8 @@ class Results:
     """Contact id -> when a message to it failed with 131026."""
     marketing_limited: dict[int, datetime] = field(default_factory=dict)
     """Contact id -> no marketing to it before then (131049)."""
-    suppress: dict[str, str] = field(default_factory=dict)
-    """Number -> why it goes on the suppression list (131050)."""
+    suppress: dict[str, tuple[str, SuppressionScope]] = field(default_factory=dict)
+    """Number -> why it goes on the suppression list, and for what (131050: marketing)."""
 
     def __len__(self) -> int:
         return (len(self.sent) + len(self.failed) + len(self.retry) + len(self.in_doubt) + len(self.released)
@@ -173,7 +173,7 @@ class Outbox:
             rows = session.execute(
                 select(Message.id, Message.campaign_id, Message.params, Message.attempts, Message.pair_hits,
                        Contact.id.label("contact_id"), Contact.phone, Contact.last_inbound_at, Contact.last_sent_at,
-                       Contact.marketing_limited_until, Suppression.id.label("suppression_id"))
+                       Contact.marketing_limited_until, Suppression.scope.label("suppression_scope"))
                 .join(Contact, Contact.id == Message.contact_id)
                 .outerjoin(Suppression, Suppression.phone == Contact.phone)
                 .where(Message.id.in_(claimed_ids))
@@ -217,7 +217,7 @@ class Outbox:
             campaign = by_id[row.campaign_id]
             decision = policy.choose_message(
                 policy.Recipient(
-                    suppressed=row.suppression_id is not None,
+                    suppressed=policy.suppression_applies(row.suppression_scope, campaign.category),
                     last_inbound_at=row.last_inbound_at,
                     ever_messaged=row.last_sent_at is not None,
                     marketing_limited_until=row.marketing_limited_until,
@@ -302,8 +302,8 @@ class Outbox:
                 contacts.remember_unreachable(session, [cid], at)
             for cid, until in results.marketing_limited.items():
                 contacts.limit_marketing(session, [cid], until)
-            for number, reason in results.suppress.items():
-                suppressions.suppress(session, [number], reason=reason, source=SuppressionSource.ERROR_131050)
+            for number, (reason, scope) in results.suppress.items():
+                suppressions.suppress(session, [number], reason=reason, source=SuppressionSource.ERROR_131050, scope=scope)
 
     def return_unsent(self, ids: Sequence[int], now: datetime) -> None:
         """Give back messages this worker holds and knows never left (pause, shutdown, a

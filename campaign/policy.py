@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from campaign.states import SuppressionScope
+
 WINDOW = timedelta(hours=24)
 MAX_TRANSIENT_ATTEMPTS = 5
 """A message that failed transiently this many times fails for good."""
@@ -43,6 +45,14 @@ class Recipient:
     ever_messaged: bool
     """Whether the business has sent this number anything before (first contact is a template)."""
     marketing_limited_until: datetime | None = None
+
+
+def suppression_applies(scope: str | None, category: str | None) -> bool:
+    """Whether a suppression of `scope` stops a template of `category`. A marketing-only
+    opt-out stops a template whose category is not known yet: an opt-out is never risked."""
+    if scope is None:
+        return False
+    return scope != SuppressionScope.MARKETING or category not in ("utility", "authentication")
 
 
 def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:

@@ -464,7 +464,7 @@ def _apply_error_table(session: Session, failures: list[tuple[_Row, StatusItem]]
             contacts.limit_marketing(session, [row.contact_id], item.at + timedelta(seconds=what.limit_marketing_for))
         if what.suppress:
             suppress(session, [phones[row.contact_id]], reason=f"error {code}: {rule.meaning}",
-                     source=SuppressionSource.ERROR_131050, now=item.at)
+                     source=SuppressionSource.ERROR_131050, scope=what.suppress, now=item.at)
         if what.pause is not None and code is not None:
             earlier = pauses.get(row.campaign_id)
             if earlier is None or item.at > earlier[1]:

@@ -37,3 +37,12 @@ class SuppressionSource(enum.StrEnum):
     MANUAL = "manual"
     OPT_OUT = "opt_out"
     ERROR_131050 = "error_131050"
+
+
+class SuppressionScope(enum.StrEnum):
+    """What a suppression stops: every message, or marketing templates only (131050, a
+    marketing opt-out button, Meta's marketing switch): utility and authentication
+    templates still reach the number."""
+
+    ALL = "all"
+    MARKETING = "marketing"

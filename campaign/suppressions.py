@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from campaign import csvfile, phone
 from campaign.clock import utcnow
 from campaign.models import Suppression
-from campaign.states import SuppressionSource
+from campaign.states import SuppressionScope, SuppressionSource
 from campaign.sql import batches, insert_ignore
 
 
@@ -42,15 +42,23 @@ def suppress(
     *,
     reason: str | None = None,
     source: SuppressionSource = SuppressionSource.MANUAL,
+    scope: SuppressionScope = SuppressionScope.ALL,
     now: datetime | None = None,
 ) -> int:
-    """Add E.164 `numbers` to the list; returns how many were not on it already."""
+    """Add E.164 `numbers` to the list; returns how many were not on it already. A number
+    suppressed for marketing only and now for everything is widened, never narrowed."""
     now = now or utcnow()
-    rows = [{"phone": n, "reason": reason, "source": source.value, "created_at": now} for n in dict.fromkeys(numbers)]
+    rows = [{"phone": n, "reason": reason, "source": source.value, "scope": scope.value, "created_at": now}
+            for n in dict.fromkeys(numbers)]
     added = 0
     for batch in batches(rows):
-        already = set(session.scalars(select(Suppression.phone).where(Suppression.phone.in_([r["phone"] for r in batch]))))
+        phones = [r["phone"] for r in batch]
+        already = set(session.scalars(select(Suppression.phone).where(Suppression.phone.in_(phones))))
         session.execute(insert_ignore(session, Suppression), list(batch))
+        if scope is SuppressionScope.ALL and already:
+            session.execute(update(Suppression).where(Suppression.phone.in_(list(already)),
+                                                      Suppression.scope != SuppressionScope.ALL.value)
+                            .values(scope=SuppressionScope.ALL.value, reason=reason, source=source.value))
         added += len(batch) - len(already)
     return added
 

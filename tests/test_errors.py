@@ -8,6 +8,7 @@ import pytest
 
 from campaign.errors import NOT_SENT, RULES, Action, Consequence, Fate, Pause, Source, consequence, rule_for
 from campaign.policy import MAX_PAIR_RETRIES, MAX_TRANSIENT_ATTEMPTS
+from campaign.states import SuppressionScope
 
 
 @pytest.mark.parametrize(
@@ -95,7 +96,7 @@ def test_the_marketing_limit_holds_the_contact_from_either_source_however_often(
 @pytest.mark.parametrize("source", [SEND, STATUS])
 def test_contact_effects_are_the_same_from_either_source(source: Source) -> None:
     assert what(131026, source).unreachable and what(131026, source).fate is Fate.FAIL
-    assert what(131050, source).suppress and what(131050, source).fate is Fate.FAIL
+    assert what(131050, source).suppress is SuppressionScope.MARKETING and what(131050, source).fate is Fate.FAIL
     assert not what(100, source).unreachable and not what(100, source).suppress
 
 

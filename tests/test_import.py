@@ -174,3 +174,14 @@ def test_a_finished_campaign_takes_no_recipients(db: Database, tmp_path: Path, s
 def test_import_result_as_json_has_the_interface_keys() -> None:
     keys = set(json.loads(json.dumps(importer.ImportResult().as_dict())))
     assert {"imported", "rejected", "invalid", "duplicate", "suppressed", "not_on_whatsapp"} <= keys
+
+
+def test_a_marketing_opt_out_keeps_the_number_out_of_marketing_campaigns_only(db: Database, tmp_path: Path) -> None:
+    from campaign.states import SuppressionScope
+
+    with db.session() as session:
+        suppressions.suppress(session, ["+4915123456789"], reason="tapped Stop promotions", scope=SuppressionScope.MARKETING)
+    path = write(tmp_path, HEADER + "Ana,+49 1512 3456789,1\n")
+    for name, category, imported in (("promo", "marketing", 0), ("receipt", "utility", 1)):
+        make_campaign(db, name=name, params=["name"], category=category)
+        assert import_file(db, name, path, ImportOptions(rejects_path=tmp_path / f"{name}.csv")).imported == imported

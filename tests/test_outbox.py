@@ -144,3 +144,26 @@ def test_messages_given_back_unsent_are_queued_with_their_attempt_returned(db: D
     outbox.return_unsent([marked.id, unmarked.id], clock.now())
     again = claim(outbox, db, clock)
     assert {m.id: m.attempts for m in again} == {marked.id: 0, unmarked.id: 0}
+
+
+def test_a_marketing_opt_out_skips_marketing_and_lets_utility_through(db: Database) -> None:
+    from campaign import suppressions
+    from campaign.states import SuppressionScope
+
+    clock = FakeClock()
+    number = phones(1)
+    seed(db, "promo", number, category="marketing")
+    seed(db, "receipt", number, category="utility")
+    seed(db, "unsure", number)  # no category yet: an opt-out is never risked
+    with db.session() as session:
+        suppressions.suppress(session, number, reason="tapped Stop promotions", scope=SuppressionScope.MARKETING)
+    outbox = Outbox(db, "worker", lease=LEASE)
+    (claimed,) = claim(outbox, db, clock)
+    with db.read_session() as session:
+        names = dict(session.execute(select(Message.id, Message.campaign_id)).all())
+        receipt = campaigns.get(session, "receipt").id
+    assert names[claimed.id] == receipt  # the marketing one was skipped; one message per person per claim
+    sent(outbox, clock, [claimed])
+    clock.advance(1.0)
+    assert claim(outbox, db, clock) == []
+    assert sorted(message_states(db).values()) == ["sent", "skipped", "skipped"]

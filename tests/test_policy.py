@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
+from campaign import policy
 from campaign.policy import Choice, Recipient, budget_left, choose_message, pair_backoff, pair_due, transient_backoff, window_open
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
@@ -65,3 +68,14 @@ def test_the_messaging_limit_budget() -> None:
     assert budget_left(None, 10_000) is None
     assert budget_left(250, 200) == 50
     assert budget_left(250, 300) == 0
+
+
+@pytest.mark.parametrize(("scope", "category", "applies"), [
+    (None, "marketing", False),
+    ("all", "utility", True), ("all", "marketing", True), ("all", None, True),
+    ("marketing", "marketing", True), ("marketing", None, True),  # unknown: an opt-out is never risked
+    ("marketing", "utility", False), ("marketing", "authentication", False),
+])
+def test_a_marketing_opt_out_stops_marketing_and_templates_of_unknown_category_only(
+        scope: str | None, category: str | None, applies: bool) -> None:
+    assert policy.suppression_applies(scope, category) is applies

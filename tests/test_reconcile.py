@@ -273,22 +273,41 @@ def test_reactions_and_system_messages_do_not_open_the_window(db: Database) -> N
         assert session.scalars(select(Contact)).all() == []
 
 
-@pytest.mark.parametrize("message", [
-    {"type": "text", "text": {"body": "  stop "}},
-    {"type": "text", "text": {"body": "Unsubscribe"}},
-    {"type": "button", "button": {"payload": "STOP", "text": "Stop promotions"}},
-    {"type": "button", "button": {"payload": "promo-off", "text": "stop"}},
+@pytest.mark.parametrize(("message", "scope"), [
+    ({"type": "text", "text": {"body": "  stop "}}, "all"),
+    ({"type": "text", "text": {"body": "Unsubscribe"}}, "all"),
+    ({"type": "text", "text": {"body": "stop promotions"}}, "all"),
+    # A tapped button stops marketing only: utility and authentication templates still reach them.
+    ({"type": "button", "button": {"payload": "STOP", "text": "Stop promotions"}}, "marketing"),
+    ({"type": "button", "button": {"payload": "promo-off", "text": "stop"}}, "marketing"),
     # Meta's marketing templates offer this quick reply; the engine's default payload names the message.
-    {"type": "button", "button": {"payload": "m1.q1", "text": "Stop promotions"}},
-    {"type": "text", "text": {"body": "stop promotions"}},
-    {"type": "interactive", "interactive": {"type": "button_reply", "button_reply": {"id": "b1", "title": "STOP"}}},
-    {"type": "interactive", "interactive": {"type": "list_reply", "list_reply": {"id": "unsubscribe", "title": "No more"}}},
+    ({"type": "button", "button": {"payload": "m1.q1", "text": "Stop promotions"}}, "marketing"),
+    ({"type": "interactive", "interactive": {"type": "button_reply", "button_reply": {"id": "b1", "title": "STOP"}}},
+     "marketing"),
+    ({"type": "interactive", "interactive": {"type": "list_reply", "list_reply": {"id": "unsubscribe", "title": "No more"}}},
+     "marketing"),
 ])
-def test_stop_in_any_form_suppresses_the_number(db: Database, message: dict[str, Any]) -> None:
+def test_stop_in_any_form_suppresses_the_number(db: Database, message: dict[str, Any], scope: str) -> None:
     seed(db)
     deliver(db, body(messages=[inbound(WA_ID, T, **message)]))
     assert suppressions(db) == {PHONE: SuppressionSource.OPT_OUT}
+    assert scopes(db) == {PHONE: scope}
     assert contact(db).opted_out_at == utc(T) and contact(db).last_inbound_at == utc(T)
+
+
+def test_a_typed_stop_after_a_marketing_opt_out_stops_everything_and_never_the_other_way(db: Database) -> None:
+    seed(db)
+    tapped = {"type": "button", "button": {"payload": "STOP", "text": "Stop promotions"}}
+    deliver(db, body(messages=[inbound(WA_ID, T, **tapped)]))
+    deliver(db, body(messages=[inbound(WA_ID, T + 1, text={"body": "STOP"})]))
+    assert scopes(db) == {PHONE: "all"}
+    deliver(db, body(messages=[inbound(WA_ID, T + 2, **tapped)]))
+    assert scopes(db) == {PHONE: "all"}
+
+
+def scopes(db: Database) -> dict[str, str]:
+    with db.read_session() as session:
+        return dict(session.execute(select(Suppression.phone, Suppression.scope)).all())
 
 
 def test_other_words_do_not_opt_out_and_the_word_list_is_configurable(db: Database) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import csv as csv_module
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from campaign import campaigns, sending
+from campaign.clock import utcnow
 from campaign.config import Settings
 from campaign.db import Database
 from campaign.exceptions import CampaignError
@@ -69,8 +72,6 @@ def arrived(sandbox: SandboxServer) -> dict[str, list[dict[str, Any]]]:
 
 
 def message_ids(db: Database, name: str) -> dict[str, int]:
-    from sqlalchemy import select
-
     from campaign.models import Contact, Message
 
     with db.read_session() as session:
@@ -222,3 +223,23 @@ def test_rows_meta_would_refuse_are_rejected_as_bad_param(db: Database, settings
         "button.1 (url suffix): is empty",
         "body.1 (text): has a newline, a tab or more than four spaces in a row",
     ]
+
+
+def test_a_worker_uploads_a_file_again_when_meta_has_forgotten_it(db: Database, settings: Settings,
+                                                                  sandbox: SandboxServer, tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from campaign.models import MediaUpload
+
+    (tmp_path / "invoice.pdf").write_bytes(b"%PDF-1.4 another invoice")
+    create(db, "late_doc", "order_doc", f"header=file:{tmp_path / 'invoice.pdf'}", "body.1=first_name")
+    assert import_file(db, "late_doc", recipients(tmp_path, "phone,first_name", "+4915123000040,Ana"),
+                       ImportOptions(rejects_path=tmp_path / "rejects.csv")).imported == 1
+    sending.launch(db, settings, "late_doc")
+    with db.session() as session:  # thirty days later, before the worker got to it
+        first = session.scalar(select(MediaUpload.media_id))
+        session.execute(update(MediaUpload).values(expires_at=utcnow() - timedelta(days=1)))
+    run = sending.run_worker(db, settings, campaigns_=["late_doc"], exit_when_idle=True, mps=200, pair_interval=0)
+    assert run.stats.sent == 1
+    header = arrived(sandbox)["+4915123000040"][0]["parameters"][0]
+    assert header["document"]["id"] != first and sandbox.figures(SENDER).media_uploads == 2
