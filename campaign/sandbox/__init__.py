@@ -12,9 +12,12 @@ Run it: ``python -m campaign.sandbox --port 8555`` (or ``campaign sandbox``), th
 Modules: ``config`` (settings), ``templates`` (the template registry), ``meta_errors`` (Meta's
 codes and bodies), ``recipients`` (wa_id and scripted recipients), ``rules`` (validation, limits,
 windows), ``ledger`` (what arrived, and figures), ``webhooks`` (status and inbound webhooks),
-``emulator`` (the live ``Sandbox``), ``app`` (HTTP), ``server`` (running it).
+``health`` (the sender's health and its events), ``emulator`` (the live ``Sandbox``), ``app`` (HTTP),
+``server`` (running it).
 Graph paths: ``POST /{version}/{phone-number-id}/messages``, ``.../contacts``, ``.../media``
-(uploads) and ``GET /{version}/{waba-id}/message_templates``.
+(uploads), ``GET /{version}/{waba-id}/message_templates`` and ``GET /{version}/{phone-number-id}``
+(the sender's health, from the ``health`` config).
 Controls live under ``/_sandbox/``: ``health``, ``config`` (GET, PATCH), ``reset``, ``ledger``,
-``figures``, ``inbound``, ``window``, ``marketing-preferences``, ``webhooks``.
+``figures``, ``inbound``, ``window``, ``marketing-preferences``, ``template-status``, ``quality``,
+``capability`` (the last three post Meta's account-level webhooks), ``webhooks``.
 """

@@ -113,6 +113,14 @@ def create_app(config: SandboxConfig) -> Starlette:
             await asyncio.sleep(delay)
         return _respond(reply)
 
+    async def phone_number(request: Request) -> Response:
+        reply = sandbox.phone_number(request.path_params["phone_number_id"], dict(request.query_params),
+                                     request.headers.get("authorization"))
+        delay = sandbox.latency()
+        if delay:
+            await asyncio.sleep(delay)
+        return _respond(reply)
+
     async def media(request: Request) -> Response:
         form: UploadForm | None
         try:
@@ -175,6 +183,15 @@ def create_app(config: SandboxConfig) -> Starlette:
     async def marketing(request: Request) -> Any:
         return sandbox.marketing_preference(await _json_body(request))
 
+    async def template_status(request: Request) -> Any:
+        return sandbox.template_status(await _json_body(request))
+
+    async def quality(request: Request) -> Any:
+        return sandbox.quality(await _json_body(request))
+
+    async def capability(request: Request) -> Any:
+        return sandbox.capability(await _json_body(request))
+
     async def webhooks(request: Request) -> Any:
         return sandbox.webhook_stats()
 
@@ -196,11 +213,15 @@ def create_app(config: SandboxConfig) -> Starlette:
         Route("/_sandbox/inbound", control(inbound), methods=["POST"]),
         Route("/_sandbox/window", control(window), methods=["POST"]),
         Route("/_sandbox/marketing-preferences", control(marketing), methods=["POST"]),
+        Route("/_sandbox/template-status", control(template_status), methods=["POST"]),
+        Route("/_sandbox/quality", control(quality), methods=["POST"]),
+        Route("/_sandbox/capability", control(capability), methods=["POST"]),
         Route("/_sandbox/webhooks", control(webhooks), methods=["GET"]),
         # POST /{version}/{phone_number_id}/messages is answered by SandboxApp before routing.
         Route("/{version}/{phone_number_id}/contacts", contacts, methods=["POST"]),
         Route("/{version}/{phone_number_id}/media", media, methods=["POST"]),
         Route("/{version}/{waba_id}/message_templates", message_templates, methods=["GET"]),
+        Route("/{version}/{phone_number_id}", phone_number, methods=["GET"]),
         Route("/{path:path}", unknown, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
     app = SandboxApp(routes=routes, lifespan=lifespan)

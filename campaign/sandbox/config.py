@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from campaign.sandbox.health import SenderHealth
 from campaign.sandbox.templates import Template, default_templates
 
 Range = tuple[float, float]
@@ -91,6 +92,8 @@ class SandboxConfig:
     waba_id: str = field(default_factory=lambda: _env("WA_BUSINESS_ACCOUNT_ID") or "102290129340398")
     phone_number_id: str = field(default_factory=lambda: _env("WA_PHONE_NUMBER_ID") or "106540352242922")
     display_phone_number: str = "15550783881"
+    # What GET /{phone-number-id} answers (quality, status, limits, throughput); PATCH merges keys.
+    health: SenderHealth = field(default_factory=SenderHealth)
     # Templates.
     templates: list[Template] = field(default_factory=default_templates)
     # GET /{waba-id}/message_templates without ``limit``: Meta's default page size.
@@ -106,9 +109,13 @@ class SandboxConfig:
     not_on_whatsapp_fraction: float = 0.0
     marketing_limited_fraction: float = 0.0
     marketing_opted_out_fraction: float = 0.0
-    # Meta does not deliver marketing templates to US (+1) numbers (failed 131049); off by default
-    # because test numbers are often +1 555.
-    block_us_marketing: bool = False
+    # How many 131049 failures a marketing-limited user gets before their next marketing template
+    # is delivered (a retry after the wait succeeds); None = every attempt fails.
+    marketing_limited_times: int | None = None
+    # Since April 2025 Meta accepts marketing templates to United States numbers and then fails them
+    # with 131049. Decided by the number's region: Canada and the Caribbean share +1 and are not
+    # affected, nor are the fictional +1 555 numbers of Meta's test accounts.
+    block_us_marketing: bool = True
     # Rewrite Mexican and Brazilian inputs to the wa_id Meta reports (521..., 55 without the 9th digit).
     rewrite_wa_ids: bool = True
     window_seconds: float = 24 * 3600.0
@@ -155,6 +162,8 @@ class SandboxConfig:
             raise ValueError("webhook_batch_max, webhook_concurrency and webhook_max_attempts must be >= 1")
         if self.window_seconds <= 0 or self.webhook_flush_interval <= 0:
             raise ValueError("window_seconds and webhook_flush_interval must be > 0")
+        if self.marketing_limited_times is not None and self.marketing_limited_times < 0:
+            raise ValueError("marketing_limited_times must be >= 0 (or null: always)")
         if not 1 <= self.templates_page_size <= TEMPLATES_PAGE_MAX:
             raise ValueError(f"templates_page_size must be between 1 and {TEMPLATES_PAGE_MAX}")
 
@@ -210,6 +219,8 @@ class SandboxConfig:
             if name == "add_templates":
                 merged["templates"] = _merge_templates(merged["templates"],
                                                        _coerce("templates", "templates", value))
+            elif name == "health" and isinstance(value, dict):  # keys not named keep their value
+                merged["health"] = _coerce(name, "health", value, merged["health"])
             else:
                 merged[name] = _coerce(name, _KINDS.get(name, "any"), value)
         candidate = dataclasses.replace(self, **merged)  # validates
@@ -225,6 +236,8 @@ class SandboxConfig:
                 out[f.name + "_set"] = value is not None
             elif f.name == "templates":
                 out[f.name] = [t.graph_json() for t in value]
+            elif f.name == "health":
+                out[f.name] = value.graph_json()
             elif isinstance(value, frozenset):
                 out[f.name] = sorted(value)
             elif isinstance(value, tuple):
@@ -260,11 +273,12 @@ _KINDS: dict[str, str] = {
     "access_token": "optstr", "app_secret": "optstr", "webhook_url": "optstr",
     "waba_id": "str", "phone_number_id": "str", "display_phone_number": "str",
     "templates": "templates", "seed": "optint", "templates_page_size": "int", "broken_media_links": "links",
+    "marketing_limited_times": "optint", "health": "health",
     **{name: "float" for name in _FRACTIONS},
 }
 
 
-def _coerce(name: str, kind: str, value: Any) -> Any:
+def _coerce(name: str, kind: str, value: Any, base: SenderHealth | None = None) -> Any:
     try:
         if kind == "int":
             if isinstance(value, float) and not value.is_integer():
@@ -294,6 +308,12 @@ def _coerce(name: str, kind: str, value: Any) -> Any:
             return None if value in (None, "") else str(value)
         if kind == "templates":
             return [t if isinstance(t, Template) else Template.from_dict(t) for t in value]
+        if kind == "health":
+            if isinstance(value, SenderHealth):
+                return value
+            if not isinstance(value, dict):
+                raise ValueError("must be an object of GET /{phone-number-id} fields")
+            return (base or SenderHealth()).updated(value)
         return value
     except (TypeError, ValueError) as exc:
         raise ValueError(f"sandbox config {name}: {exc}") from None

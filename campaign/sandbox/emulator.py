@@ -7,6 +7,7 @@ ledger records and the throughput window counts).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -21,14 +22,16 @@ from urllib.parse import urlencode
 
 from campaign.sandbox import meta_errors
 from campaign.sandbox.config import TEMPLATES_PAGE_MAX, SandboxConfig, digits
+from campaign.sandbox.health import (NODE_TYPE, TIER_OF_DAILY_LIMIT, QualityEvent, SenderHealth, apply_quality_event,
+                                     capability_value, phone_number_json)
 from campaign.sandbox.ledger import Ledger, LedgerEntry
 from campaign.sandbox.meta_errors import MetaError
 from campaign.sandbox.recipients import Profile, canonical_wa_id, is_us_number, profile_of
 from campaign.sandbox.rules import (Media, PairSpacing, SendRequest, ServiceWindows, ThroughputWindow,
                                     link_fetchable, summarize, validate_send)
-from campaign.sandbox.templates import TemplateRegistry
+from campaign.sandbox.templates import STATUS_AFTER_EVENT, Template, TemplateRegistry
 from campaign.sandbox.webhooks import (Conversation, WebhookSender, inbound_value, plan_statuses, status_object,
-                                       user_preferences_value)
+                                       template_status_value, user_preferences_value)
 
 logger = logging.getLogger("campaign.sandbox")
 
@@ -105,6 +108,8 @@ class Sandbox:
         self._throughput = ThroughputWindow()
         self._pairs = PairSpacing()
         self._opted_out: set[str] = set()  # users who stopped marketing at runtime
+        self._marketing_failures: dict[str, int] = {}  # 131049 failures so far per limited user
+        self._before_flag: SenderHealth | None = None  # the number's health before a FLAGGED event
         self._conversations: dict[tuple[str, str, str], Conversation] = {}
         self._rng = random.Random(config.seed)
         self._id_salt = secrets.token_hex(4)
@@ -245,6 +250,22 @@ class Sandbox:
         logger.debug("GET /%s/message_templates name=%s -> %d", waba_id, query.get("name"), len(page))
         return Reply(200, {"data": [t.graph_json(wanted) for t in page], "paging": paging})
 
+    def phone_number(self, phone_number_id: str, query: dict[str, str], authorization: str | None) -> Reply:
+        """``GET /{version}/{phone-number-id}?fields=...``: the sender's health (whatsapp-templates.md §6),
+        the fields asked for plus ``id``."""
+        self.ledger.count_other("phone_number")
+        if not self.authorized(authorization, query.get("access_token")):
+            return self._log_refusal("phone_number", meta_errors.invalid_token())
+        if phone_number_id != self.config.phone_number_id:
+            return self._log_refusal("phone_number", meta_errors.unknown_object(phone_number_id))
+        fields = query.get("fields")
+        answer = phone_number_json(self.config.health, phone_number_id, self.config.display_phone_number,
+                                   fields.split(",") if fields else None)
+        if isinstance(answer, str):
+            return self._log_refusal("phone_number", meta_errors.nonexisting_field(answer, NODE_TYPE))
+        logger.debug("GET /%s fields=%s -> 200", phone_number_id, fields)
+        return Reply(200, answer)
+
     def upload_media(self, phone_number_id: str, form: UploadForm | None, authorization: str | None,
                      query_token: str | None = None) -> Reply:
         """``POST /{version}/{phone-number-id}/media`` (multipart: ``messaging_product``, ``file``,
@@ -360,6 +381,58 @@ class Sandbox:
                                          field_name="user_preferences")
         return {"wa_id": wa_id, "value": value}
 
+    def template_status(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Meta changes a template's status: ``{"name", "language", "event", "reason"?}`` (plus optional
+        ``disable_info``, ``other_info``, ``rejection_info``). The registry takes the new status (sends
+        of a PAUSED template answer 132015, DISABLED 132016, REJECTED 132001; REINSTATED is APPROVED
+        again) and a ``message_template_status_update`` is posted."""
+        name, language, event = data.get("name"), data.get("language"), data.get("event")
+        if not isinstance(name, str) or not isinstance(language, str):
+            raise ControlError("give the template's 'name' and 'language'")
+        if event not in STATUS_AFTER_EVENT:
+            raise ControlError(f"'event' must be one of {', '.join(STATUS_AFTER_EVENT)}")
+        extra = {k: data[k] for k in ("disable_info", "other_info", "rejection_info") if k in data}
+        unknown = set(data) - {"name", "language", "event", "reason", *extra}
+        if unknown:
+            raise ControlError(f"unknown template-status keys: {sorted(unknown)}")
+        template = self.registry.get(name, language)
+        if template is None:
+            raise ControlError(f"no template {name!r} in {language!r}")
+        self._set_template(dataclasses.replace(template, status=STATUS_AFTER_EVENT[event]))
+        value = template_status_value(template.id, name, language, template.category, event,
+                                      str(data.get("reason") or "NONE"), **extra)
+        self._post_account_event("message_template_status_update", value)
+        return {"status": STATUS_AFTER_EVENT[event], "value": value}
+
+    def quality(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The number's quality or limit changes: ``{"event": FLAGGED|UNFLAGGED|DOWNGRADE|UPGRADE|
+        THROUGHPUT_UPGRADE|ONBOARDING, "current_limit"?, "max_daily_conversations_per_business"?,
+        "old_limit"?, "quality_rating"?}``. Updates the health (and, on THROUGHPUT_UPGRADE, the MPS)
+        and posts a ``phone_number_quality_update``."""
+        event = QualityEvent.from_dict(data)
+        config = self.config
+        if event.event == "FLAGGED" and config.health.status != "FLAGGED":
+            self._before_flag = config.health
+        change = apply_quality_event(config.health, event, config.display_phone_number, config.mps,
+                                     self._before_flag if event.event == "UNFLAGGED" else None)
+        if event.event == "UNFLAGGED":
+            self._before_flag = None
+        config.health, config.mps = change.health, change.mps
+        self._post_account_event("phone_number_quality_update", change.value)
+        return {"health": change.health.graph_json(), "mps": change.mps, "value": change.value}
+
+    def capability(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The business portfolio's capabilities change: ``{"max_daily_conversations_per_business":
+        2000, ...}``. Updates ``whatsapp_business_manager_messaging_limit`` and posts a
+        ``business_capability_update``."""
+        value = capability_value(data)
+        daily = value.get("max_daily_conversations_per_business")
+        if daily is not None:
+            self.config.health = self.config.health.updated(
+                {"whatsapp_business_manager_messaging_limit": TIER_OF_DAILY_LIMIT[daily]})
+        self._post_account_event("business_capability_update", value)
+        return {"health": self.config.health.graph_json(), "value": value}
+
     def reset(self) -> None:
         """Clear the ledger and all state (limits, windows, opt-outs, uploaded media, scheduled webhooks);
         keep config."""
@@ -369,6 +442,8 @@ class Sandbox:
         self._throughput = ThroughputWindow()
         self._pairs = PairSpacing()
         self._opted_out.clear()
+        self._marketing_failures.clear()
+        self._before_flag = None
         self._conversations.clear()
         self.media.clear()
         self._rng = random.Random(self.config.seed)
@@ -400,6 +475,17 @@ class Sandbox:
     def _log_refusal(self, endpoint: str, error: MetaError) -> Reply:
         logger.debug("%s -> %d code %d", endpoint, error.http_status, error.code)
         return _error_reply(error)
+
+    def _post_account_event(self, field_name: str, value: dict[str, Any]) -> None:
+        if self.config.webhook_url:
+            self.webhooks.schedule_account_event(self._clock(), field_name, value, int(self._wall()))
+        logger.debug("%s %s", field_name, value.get("event", ""))
+
+    def _set_template(self, template: Template) -> None:
+        """Put ``template`` in the registry and in the config (a later config patch rebuilds the registry)."""
+        self.registry.put(template)
+        key = (template.name, template.language)
+        self.config.templates = [template if (t.name, t.language) == key else t for t in self.config.templates]
 
     def _within_limits(self, phone_number_id: str, request: SendRequest, now: float) -> bool:
         config = self.config
@@ -465,10 +551,21 @@ class Sandbox:
         if request.category == "marketing":
             if profile is Profile.MARKETING_OPTED_OUT:
                 return meta_errors.marketing_opted_out()
-            if profile is Profile.MARKETING_LIMITED or (self.config.block_us_marketing
-                                                        and is_us_number(request.wa_id)):
+            if self.config.block_us_marketing and is_us_number(request.wa_id):
+                return meta_errors.marketing_limited()
+            if profile is Profile.MARKETING_LIMITED and self._marketing_limit_holds(request.wa_id):
                 return meta_errors.marketing_limited()
         return None
+
+    def _marketing_limit_holds(self, wa_id: str) -> bool:
+        """Whether a limited user's marketing template fails (131049) this time: always, or until it
+        has failed ``marketing_limited_times`` times (then they are delivered, as after Meta's wait)."""
+        times = self.config.marketing_limited_times
+        failures = self._marketing_failures.get(wa_id, 0)
+        if times is not None and failures >= times:
+            return False
+        self._marketing_failures[wa_id] = failures + 1
+        return True
 
     def _media_failure(self, media: tuple[Media, ...]) -> MetaError | None:
         """131053 when Meta could not get a media: an id it never issued, a link it cannot fetch."""

@@ -74,6 +74,12 @@ def unknown_object(object_id: str, method: str = "get") -> MetaError:
     return MetaError(400, 100, "Invalid parameter", text, text, subcode=33)
 
 
+def nonexisting_field(field: str, node_type: str) -> MetaError:
+    """100: ``fields`` names a field the node does not have."""
+    text = f"(#100) Tried accessing nonexisting field ({field}) on node type ({node_type})"
+    return MetaError(400, 100, "Invalid parameter", text, text)
+
+
 def unknown_path(path: str) -> MetaError:
     """2500: a path the Graph API does not know."""
     return MetaError(400, 2500, "Unknown path components", f"Unknown path components: {path}",

@@ -7,7 +7,10 @@ they are decided here from the number alone (deterministically, so a demo is rep
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
+
+import phonenumbers
 
 from campaign.sandbox.config import SandboxConfig, digits
 
@@ -17,7 +20,7 @@ class Profile(enum.Enum):
 
     REACHABLE = "reachable"
     NOT_ON_WHATSAPP = "not_on_whatsapp"  # accepted, then failed 131026
-    MARKETING_LIMITED = "marketing_limited"  # marketing templates fail 131049
+    MARKETING_LIMITED = "marketing_limited"  # marketing templates fail 131049 (marketing_limited_times)
     MARKETING_OPTED_OUT = "marketing_opted_out"  # marketing templates fail 131050
 
 
@@ -79,7 +82,16 @@ def profile_of(wa_id: str, config: SandboxConfig, opted_out: set[str] | frozense
     return Profile.REACHABLE
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def is_us_number(wa_id: str) -> bool:
-    """A +1 (North American numbering plan) number. The sandbox does not tell the US apart from
-    Canada and the Caribbean: it would need an area-code table the emulator does not carry."""
-    return wa_id.startswith("1") and len(wa_id) == 11
+    """A United States number, by its region: +1 is shared with Canada and the Caribbean
+    (``+1 416``, ``+1 876``...), which Meta's US marketing rule does not touch. Numbers with no
+    region (Meta's fictional ``+1 555`` test numbers) are not US either. Cached: it runs on every
+    marketing send, and retries ask again about the same numbers."""
+    if not wa_id.startswith("1"):
+        return False
+    try:
+        parsed = phonenumbers.parse("+" + wa_id)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.region_code_for_number(parsed) == "US"

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from campaign.sandbox import meta_errors
 from campaign.sandbox.meta_errors import MetaError
 from campaign.sandbox.recipients import canonical_wa_id
-from campaign.sandbox.templates import MEDIA_FORMATS, Button, Shape, Template, TemplateRegistry
+from campaign.sandbox.templates import MEDIA_FORMATS, SENDABLE_STATUSES, Button, Shape, Template, TemplateRegistry
 
 MESSAGE_TYPES = ("text", "image", "audio", "video", "document", "sticker", "location", "contacts",
                  "interactive", "template", "reaction")
@@ -262,12 +262,12 @@ def _check_template(obj: dict[str, Any], registry: TemplateRegistry) -> tuple[Te
         return sent
 
     template = registry.get(name, code)
-    if template is None or template.status in ("PENDING", "REJECTED"):
-        return meta_errors.template_not_found(name, code)
-    if template.status == "PAUSED":
+    if template is not None and template.status == "PAUSED":
         return meta_errors.template_paused(name)
-    if template.status == "DISABLED":
+    if template is not None and template.status == "DISABLED":
         return meta_errors.template_disabled(name)
+    if template is None or template.status not in SENDABLE_STATUSES:  # PENDING, REJECTED, DELETED, ...
+        return meta_errors.template_not_found(name, code)
 
     media: list[Media] = []
     problem = _check_parts(template.shape, sent, template.parameter_format == "NAMED", media, "")

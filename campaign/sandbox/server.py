@@ -195,6 +195,31 @@ class SandboxServer(BackgroundServer):
         """A user writes in: ``inbound(**{"from": "+49...", "text": "hi"})``."""
         return self.call(self.sandbox.inbound, message)
 
+    def template_status(self, name: str, language: str, event: str, reason: str | None = None,
+                        **extra: Any) -> dict[str, Any]:
+        """Meta changes a template's status (``event``: PAUSED, DISABLED, REJECTED, APPROVED, REINSTATED...);
+        posts ``message_template_status_update``. ``extra``: ``disable_info``, ``other_info``, ``rejection_info``."""
+        data: dict[str, Any] = {"name": name, "language": language, "event": event, **extra}
+        if reason is not None:
+            data["reason"] = reason
+        return self.call(self.sandbox.template_status, data)
+
+    def quality(self, event: str, **fields: Any) -> dict[str, Any]:
+        """The number's quality event (FLAGGED, UNFLAGGED, DOWNGRADE, UPGRADE, THROUGHPUT_UPGRADE, ONBOARDING),
+        with ``current_limit``, ``max_daily_conversations_per_business``, ``old_limit``, ``quality_rating``;
+        posts ``phone_number_quality_update``."""
+        return self.call(self.sandbox.quality, {"event": event, **fields})
+
+    def capability(self, **fields: Any) -> dict[str, Any]:
+        """The portfolio's capabilities change (``max_daily_conversations_per_business=2000``...);
+        posts ``business_capability_update``."""
+        return self.call(self.sandbox.capability, fields)
+
+    def health(self, **fields: Any) -> dict[str, Any]:
+        """Set health fields silently (``quality_rating="YELLOW"``, ``throughput={"level": "HIGH"}``);
+        returns what ``GET /{phone-number-id}`` now shows of them."""
+        return self.patch_config(health=fields)["health"]
+
     def open_window(self, number: str, at: float | None = None) -> None:
         """Open a user's 24-hour window without a webhook."""
         self.call(self.sandbox.open_window, number, at)

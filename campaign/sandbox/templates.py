@@ -18,7 +18,12 @@ from typing import Any, Iterable
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 
 CATEGORIES = ("MARKETING", "UTILITY", "AUTHENTICATION")
-STATUSES = ("APPROVED", "PENDING", "REJECTED", "PAUSED", "DISABLED")
+# whatsapp-templates.md §1; each is also a message_template_status_update event (plus REINSTATED and
+# UNARCHIVED, after which the template is APPROVED again).
+STATUSES = ("APPROVED", "PENDING", "REJECTED", "PAUSED", "DISABLED", "IN_APPEAL", "FLAGGED", "PENDING_DELETION",
+            "DELETED", "LIMIT_EXCEEDED", "ARCHIVED", "LOCKED")
+SENDABLE_STATUSES = ("APPROVED", "FLAGGED")  # FLAGGED: still sendable, at risk of a pause
+STATUS_AFTER_EVENT = {"REINSTATED": "APPROVED", "UNARCHIVED": "APPROVED", **{s: s for s in STATUSES}}
 MEDIA_FORMATS = ("IMAGE", "VIDEO", "DOCUMENT")
 # Where Meta keeps an OTP button: created as OTP, stored and listed as a URL button to this page.
 OTP_URL_MARK = "whatsapp.com/otp/code/"

@@ -51,6 +51,13 @@ def envelope(waba_id: str, phone_number_id: str, display_phone_number: str, valu
             "entry": [{"id": waba_id, "changes": [{"value": full_value, "field": field_name}]}]}
 
 
+def account_envelope(waba_id: str, time: int, field_name: str, value: dict[str, Any]) -> dict[str, Any]:
+    """Wrap the ``value`` of an account-level field (template status, quality, capability) as Meta
+    does: no ``messaging_product`` nor ``metadata``, and the entry carries ``time`` (unix seconds)."""
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": waba_id, "time": int(time), "changes": [{"value": value, "field": field_name}]}]}
+
+
 def encode(body: dict[str, Any]) -> bytes:
     """Compact JSON with non-ASCII escaped, as Meta's bodies are."""
     return json.dumps(body, separators=(",", ":")).encode("ascii")
@@ -102,6 +109,16 @@ def user_preferences_value(wa_id: str, name: str, value: str, timestamp: int) ->
     return {"contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
             "user_preferences": [{"wa_id": wa_id, "detail": detail, "category": "marketing_messages",
                                   "value": value, "timestamp": int(timestamp)}]}
+
+
+def template_status_value(template_id: str, name: str, language: str, category: str, event: str,
+                          reason: str = "NONE", **extra: Any) -> dict[str, Any]:
+    """``value`` of a ``message_template_status_update`` (whatsapp-templates.md §5, recorded in
+    tests/fixtures/meta-webhooks/template_status_update.json): the id is a number there; ``extra``
+    holds the optional ``disable_info``, ``other_info`` or ``rejection_info``."""
+    return {"event": event, "message_template_id": int(template_id) if template_id.isdecimal() else template_id,
+            "message_template_name": name, "message_template_language": language, "reason": reason,
+            "message_template_category": category, **extra}
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +194,7 @@ class WebhookStats:
         return data
 
 
-_STATUS, _OTHER = 0, 1
+_STATUS, _OTHER, _WHOLE = 0, 1, 2  # a statuses[] item, a value to wrap, a body already wrapped
 
 
 class WebhookSender:
@@ -235,6 +252,13 @@ class WebhookSender:
         heapq.heappush(self._heap, (due, next(self._seq), _OTHER, phone_number_id, field_name, value))
         self.stats.scheduled += 1
 
+    def schedule_account_event(self, due: float, field_name: str, value: dict[str, Any], time: int) -> None:
+        """Post an account-level ``value`` (``field_name``: message_template_status_update,
+        phone_number_quality_update, business_capability_update...) on its own at ``due``."""
+        body = account_envelope(self.config.waba_id, time, field_name, value)
+        heapq.heappush(self._heap, (due, next(self._seq), _WHOLE, "", field_name, body))
+        self.stats.scheduled += 1
+
     def clear(self) -> None:
         """Drop everything scheduled and stop retrying batches in flight (``/_sandbox/reset``)."""
         self._heap.clear()
@@ -273,17 +297,20 @@ class WebhookSender:
             return 0
         statuses: dict[str, list[dict[str, Any]]] = {}
         singles: list[tuple[str, str, dict[str, Any]]] = []
+        wholes: list[dict[str, Any]] = []
         while self._heap and self._heap[0][0] <= now:
             _, _, kind, phone_number_id, field_name, item = heapq.heappop(self._heap)
             if kind == _STATUS:
                 statuses.setdefault(phone_number_id, []).append(item)
+            elif kind == _WHOLE:
+                wholes.append(item)
             else:
                 singles.append((phone_number_id, field_name, item))
         config = self.config
         if not config.webhook_url:
-            self.stats.items_discarded += sum(map(len, statuses.values())) + len(singles)
+            self.stats.items_discarded += sum(map(len, statuses.values())) + len(singles) + len(wholes)
             return 0
-        bodies: list[tuple[bytes, int]] = []
+        bodies: list[tuple[bytes, int]] = [(encode(body), 1) for body in wholes]
         for phone_number_id, field_name, value in singles:
             bodies.append((encode(envelope(config.waba_id, phone_number_id, config.display_phone_number,
                                            value, field_name)), 1))

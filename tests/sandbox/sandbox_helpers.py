@@ -91,6 +91,11 @@ class Receiver:
         return [c["value"] for d in self.accepted() for e in d.body["entry"] for c in e["changes"]
                 if "messages" in c["value"]]
 
+    def changes(self, field: str) -> list[tuple[Delivery, dict[str, Any]]]:
+        """Every ``entry`` of a POST answered 200 that carries a change of ``field``, with its POST."""
+        return [(d, e) for d in self.accepted() for e in d.body["entry"]
+                if any(c["field"] == field for c in e["changes"])]
+
     def wait_for(self, predicate: Callable[[Receiver], bool], timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
         while not predicate(self):
@@ -106,6 +111,14 @@ def client_for(server: SandboxServer, token: str | None = TOKEN) -> httpx.Client
 
 def messages_path(phone_id: str = PHONE_ID) -> str:
     return f"/{VERSION}/{phone_id}/messages"
+
+
+def send(server: SandboxServer, body: dict) -> str:
+    """Send ``body``, check it was accepted, return its wamid."""
+    with client_for(server) as c:
+        response = c.post(messages_path(), json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["messages"][0]["id"]
 
 
 def template_message(to: str, name: str = "order_update", params: list[str] | None = ("Ana", "A-1"),

@@ -94,15 +94,6 @@ def test_hashed_fractions_make_some_numbers_unreachable() -> None:
     assert [e.failure_code for e in again.ledger.entries] == [e.failure_code for e in sandbox.ledger.entries]
 
 
-def test_us_numbers_get_no_marketing_when_asked() -> None:
-    clock = FakeClock()
-    sandbox = make(clock, block_us_marketing=True, pair_interval=0)
-    post(sandbox, template_message("+12025550123", name="spring_sale", params=["Ana"]))
-    post(sandbox, template_message("+12025550124"))
-    marketing, utility = sandbox.ledger.entries
-    assert (marketing.failure_code, utility.failure_code) == (131049, None)
-
-
 def test_mexican_numbers_answer_the_canonical_wa_id() -> None:
     status, answer = post(make(FakeClock()), template_message("+52 55 1234 5678"))
     assert status == 200

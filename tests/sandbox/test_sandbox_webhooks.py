@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_helpers import PHONE_ID, SECRET, WABA_ID, client_for, messages_path, template_message, text_message
+from sandbox_helpers import PHONE_ID, SECRET, WABA_ID, client_for, send, template_message, text_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "meta-webhooks"
 
 
 def statuses_of(receiver, wamid: str) -> list[str]:
     return [s["status"] for s in receiver.statuses() if s["id"] == wamid]
-
-
-def send(server, body: dict) -> str:
-    with client_for(server) as c:
-        response = c.post(messages_path(), json=body)
-    assert response.status_code == 200, response.text
-    return response.json()["messages"][0]["id"]
 
 
 def test_status_webhooks_are_signed_over_the_exact_bytes(make_sandbox, receiver) -> None:
