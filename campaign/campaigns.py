@@ -10,14 +10,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from campaign.exceptions import CampaignError
 from campaign.clock import utcnow
-from campaign.models import Campaign, MediaUpload, Message
-from campaign import binding
+from campaign.events import TEMPLATE_STOPPED
+from campaign.models import Campaign, MediaUpload, Message, TemplateStatus
+from campaign import binding, errors
 from campaign.binding import Binding, Source, SourceKind
 from campaign.payloads import MessageSpec
 from campaign.templates import TemplateInfo, parse_template
@@ -185,8 +186,20 @@ def engine_pause(session: Session, campaign: Campaign, reason: str, code: int | 
     return True
 
 
+def stopped_template(session: Session, campaign: Campaign) -> str | None:
+    """Why the campaign cannot send while Meta has its template PAUSED, DISABLED or REJECTED
+    (its latest status webhook, health.py); None otherwise."""
+    known = session.get(TemplateStatus, (campaign.template_name, campaign.template_language))
+    if known is None or known.status not in TEMPLATE_STOPPED:
+        return None
+    return (f"template {campaign.template_name} [{campaign.template_language}] is {known.status} at Meta "
+            f"(reason {known.reason or 'NONE'}): campaign {campaign.name!r} cannot send until Meta approves it again")
+
+
 def resume(session: Session, campaign: Campaign, *, now: datetime | None = None) -> None:
     _require(campaign, (CampaignState.PAUSED,), "resume")
+    if (stopped := stopped_template(session, campaign)) is not None:
+        raise CampaignError(stopped)
     campaign.state = CampaignState.RUNNING
     campaign.pause_reason = None
     campaign.pause_code = None
@@ -235,6 +248,25 @@ def require_sender(campaign_sender: str | None, default: str | None) -> str:
 NO_SENDER = "no sender: set WA_PHONE_NUMBER_ID for the workers, or create the campaign with --phone-number-id"
 
 
+def retry_failed(session: Session, campaign: Campaign, codes: Sequence[int] = ()) -> int:
+    """`campaign retry`: failed messages (with one of `codes`, when given) go back to the
+    queue, a completed campaign runs again. Only messages Meta never accepted: one with a
+    wamid may have reached the person, and at most once holds. Returns how many."""
+    _require(campaign, (CampaignState.DRAFT, CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.PAUSED,
+                        CampaignState.COMPLETED), "retry")
+    query = (update(Message)
+             .where(Message.campaign_id == campaign.id, Message.state == MessageState.FAILED, Message.wamid.is_(None))
+             .values(state=MessageState.QUEUED, failed_at=None, next_attempt_at=None, attempts=0, pair_hits=0,
+                     marketing_waits=0, sending_at=None, lease_owner=None, lease_expires_at=None))
+    if codes:
+        query = query.where(Message.error_code.in_(list(codes)))
+    count: int = session.execute(query).rowcount  # type: ignore[attr-defined]
+    if count and campaign.state == CampaignState.COMPLETED:
+        campaign.state = CampaignState.RUNNING
+        campaign.completed_at = None
+    return count
+
+
 # -- the engine's transitions ------------------------------------------------------------------
 
 
@@ -274,6 +306,37 @@ def sendable(session: Session, campaign: Campaign, default_sender: str | None, n
     files = [s.value for s in binding_of(campaign).values() if s.kind is SourceKind.FILE]
     uploads = _uploads(session, sender_of(campaign.phone_number_id, default_sender), files, now) if files else {}
     return _running(campaign, uploads, tuple(f for f in files if f not in uploads))
+
+
+def of_sender(session: Session, sender: str | None, default_sender: str | None, *,
+              states: Sequence[str] = (CampaignState.RUNNING, CampaignState.SCHEDULED)) -> list[Campaign]:
+    """The campaigns that send from `sender`: those naming it, and, when it is the workers'
+    WA_PHONE_NUMBER_ID (or unknown), those naming no sender: they are the same number."""
+    same = Campaign.phone_number_id == sender if sender is not None else Campaign.phone_number_id.is_(None)
+    if sender is None or sender == default_sender:
+        same = or_(same, Campaign.phone_number_id.is_(None))
+    return list(session.scalars(select(Campaign).where(same, Campaign.state.in_([s for s in states]))
+                                .order_by(Campaign.id)))
+
+
+def engine_pause_sender(session: Session, sender: str | None, default_sender: str | None, reason: str,
+                        code: int | None, now: datetime) -> list[str]:
+    """An error that dooms the sender (token, permission, account, payment): every running
+    campaign of it pauses in the database, so every worker stops, not only the one that saw it."""
+    return [c.name for c in of_sender(session, sender, default_sender) if engine_pause(session, c, reason, code, now=now)]
+
+
+def resume_sender(session: Session, sender: str | None, default_sender: str | None, *,
+                  now: datetime | None = None) -> list[str]:
+    """`campaign resume --sender`: every campaign the engine paused for a sender-wide error
+    goes on (the user says it is fixed); campaigns paused by the user or for their own
+    reasons stay paused."""
+    resumed = []
+    for campaign in of_sender(session, sender, default_sender, states=(CampaignState.PAUSED,)):
+        if campaign.pause_code is not None and errors.rule_for(campaign.pause_code).action is errors.Action.PAUSE_ALL:
+            resume(session, campaign, now=now)
+            resumed.append(campaign.name)
+    return resumed
 
 
 def _uploads(session: Session, sender: str | None, paths: list[str], now: datetime) -> dict[str, str]:

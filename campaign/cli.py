@@ -184,6 +184,29 @@ def templates_(app: AppContext, name: str | None, as_json: bool) -> None:
     stdout.print(table)
 
 
+@main.command("sender")
+@click.argument("phone_number_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_app
+@handle_errors
+def sender(app: AppContext, phone_number_id: str | None, as_json: bool) -> None:
+    """The sender's health as Meta reports it (default WA_PHONE_NUMBER_ID), and the daily budget."""
+    from campaign import health
+    from campaign.clock import utcnow
+
+    report = health.check_sender(app.database(), app.settings, phone_number_id, now=utcnow())
+    if as_json:
+        click.echo(json.dumps(report.as_json()))
+        return
+    h = report.health
+    budget = report.daily_budget if report.daily_budget is not None else "none"
+    for label, value in (("sender", f"{h.phone_number_id} {h.display_phone_number or ''} {h.verified_name or ''}"),
+                         ("status", h.status), ("quality rating", h.quality_rating),
+                         ("messaging limit", h.messaging_limit), ("throughput", h.throughput),
+                         ("daily budget", f"{budget} ({report.budget_source})")):
+        click.echo(f"{label + ':':17}{(value or '?').strip() if isinstance(value, str) else value}")
+
+
 # -- import ----------------------------------------------------------------------------------
 
 
@@ -303,6 +326,10 @@ def status(app: AppContext, name: str | None, as_json: bool) -> None:
         figures = sending.progress(database, found[0].id)
         reports[0]["rate"] = round(figures.rate, 2)
         reports[0]["eta_seconds"] = None if figures.eta_seconds is None else round(figures.eta_seconds)
+        if figures.marketing_waiting:
+            until = figures.marketing_waiting_until
+            reports[0]["marketing_limited"] = {"waiting": figures.marketing_waiting,
+                                               "until": until.isoformat() if until else None}
     if as_json:
         click.echo(json.dumps(reports[0] if name else reports))
         return
@@ -325,6 +352,9 @@ def _print_campaign(campaign: Any, report: dict[str, Any]) -> None:
     table.add_column("total", justify="right")
     table.add_row(*(str(n) for n in report["counts"].values()), str(report["total"]))
     stdout.print(table)
+    if waiting := report.get("marketing_limited"):
+        stdout.print(f"{waiting['waiting']} wait for Meta's per-user marketing limit (131049), "
+                     f"the last until {waiting['until']}")
     if report.get("rate") and campaign.state == "running":
         eta = report["eta_seconds"]
         stdout.print(f"sending {report['rate']:.1f} messages/s" + (f", about {_duration(eta)} left" if eta else ""))
@@ -369,13 +399,17 @@ def _parse_at(value: str | None) -> datetime | None:
 def launch(app: AppContext, name: str, at: str | None, detach: bool) -> None:
     """Start campaign NAME (draft or paused), in the foreground unless --detach."""
     database = app.database()
-    campaign = sending.launch(database, app.settings, name, at=_parse_at(at))
+    campaign = sending.launch(database, app.settings, name, at=_parse_at(at), warn=_warn)
     if campaign.state == "scheduled":
         click.echo(f"campaign {name!r} scheduled for {campaign.scheduled_at:%Y-%m-%d %H:%M:%S %Z}", err=True)
     if detach:
         click.echo(f"campaign {name!r} is {campaign.state}; `campaign worker` sends it")
         return
     _send_in_foreground(app, database, name)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 def _send_in_foreground(app: AppContext, database: Database, name: str) -> None:
@@ -436,14 +470,41 @@ def pause(app: AppContext, name: str) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--sender", is_flag=False, flag_value="", default=None, metavar="[PHONE_NUMBER_ID]",
+              help="Resume every campaign the engine paused for an error of this sender (token, permission, "
+                   "account, payment), once fixed; default WA_PHONE_NUMBER_ID.")
 @pass_app
 @handle_errors
-def resume(app: AppContext, name: str) -> None:
+def resume(app: AppContext, name: str | None, sender: str | None) -> None:
     """Continue a paused campaign where it stopped (a worker sends it)."""
+    if (name is None) == (sender is None):
+        raise click.UsageError("give NAME or --sender")
+    if sender is not None:
+        default = app.settings.phone_number_id
+        with app.database().session() as session:
+            resumed = campaigns.resume_sender(session, sender or default, default)
+        click.echo(f"resumed {len(resumed)} campaign{'s' if len(resumed) != 1 else ''}"
+                   + (f": {', '.join(resumed)}" if resumed else "") + "; `campaign worker` sends them")
+        return
     with app.database().session() as session:
         campaigns.resume(session, campaigns.get(session, name))
     click.echo(f"resumed campaign {name!r}; `campaign worker` (or `campaign launch {name}`) sends it")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--error", "codes", multiple=True, type=int, metavar="CODE", help="Only messages that failed with CODE (repeat).")
+@pass_app
+@handle_errors
+def retry(app: AppContext, name: str, codes: tuple[int, ...]) -> None:
+    """Put campaign NAME's failed messages back in the queue (never one Meta accepted)."""
+    with app.database().session() as session:
+        campaign = campaigns.get(session, name)
+        count = campaigns.retry_failed(session, campaign, codes)
+        state = campaign.state
+    click.echo(f"{count} failed message{'s' if count != 1 else ''} of campaign {name!r} queued again"
+               + (f"; it is {state}: `campaign resume {name}` or a worker sends them" if count and state != "running" else ""))
 
 
 @main.command()
@@ -541,7 +602,10 @@ def reconcile(app: AppContext, replay: bool) -> None:
     from campaign import reconcile as reconciler
 
     database = app.database()
-    stats = reconciler.replay(database) if replay else reconciler.reconcile_once(database)
+    options = {"marketing_retries": app.settings.marketing_retries,
+               "marketing_retry_after": app.settings.marketing_retry_after,
+               "default_sender": app.settings.phone_number_id}
+    stats = reconciler.replay(database, **options) if replay else reconciler.reconcile_once(database, **options)
     click.echo(
         f"events {stats.events}, statuses applied {stats.statuses_applied}, inbound {stats.inbound}, "
         f"waiting for their message {stats.pending}, orphaned {stats.orphaned}, malformed {stats.errors}"

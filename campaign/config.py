@@ -38,13 +38,26 @@ class Settings:
     """Seconds a worker holds claimed messages; a dead worker's claims return after it."""
     send_grace: float = 600.0
     """Seconds an in-doubt message waits for a status webhook before it may be sent again."""
+    explicit: frozenset[str] = field(default=frozenset(), repr=False)
+    """The fields the environment, `.env` or an option set (the rest are defaults): an explicit
+    `CAMPAIGN_MPS` wins over the throughput Meta reports for a sender (health.py)."""
+
+    def is_explicit(self, name: str) -> bool:
+        return name in self.explicit
+    marketing_retry_after: float = 86400.0
+    """Seconds a message refused by Meta's per-user marketing limit (131049) waits to go again."""
+    marketing_retries: int = 3
+    """How many times such a message goes again before it fails for good."""
+    unreachable_days: float = 30.0
+    """A number that failed with 131026 is skipped by later campaigns for this many days."""
 
     def secrets(self) -> list[str]:
         return [s for s in (self.access_token, self.app_secret, self.verify_token) if s]
 
     def with_overrides(self, **overrides: object) -> Settings:
         """Command-line options win; `None` means the option was not given."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **given, explicit=self.explicit | given.keys())
 
 
 # environment variable -> (Settings field, parser)
@@ -63,8 +76,11 @@ _VARIABLES: dict[str, tuple[str, type]] = {
     "CAMPAIGN_REDIS_URL": ("redis_url", str),
     "CAMPAIGN_LEASE": ("lease", float),
     "CAMPAIGN_SEND_GRACE": ("send_grace", float),
+    "CAMPAIGN_MARKETING_RETRY_AFTER": ("marketing_retry_after", float),
+    "CAMPAIGN_MARKETING_RETRIES": ("marketing_retries", int),
+    "CAMPAIGN_UNREACHABLE_DAYS": ("unreachable_days", float),
 }
-_ZERO_ALLOWED = {"pair_interval", "send_grace"}
+_ZERO_ALLOWED = {"pair_interval", "send_grace", "marketing_retry_after", "marketing_retries", "unreachable_days"}
 assert {name for name, _ in _VARIABLES.values()} <= {f.name for f in fields(Settings)}
 
 
@@ -88,7 +104,7 @@ def load_settings(
         if parse in (int, float) and (value < 0 or (value == 0 and name not in _ZERO_ALLOWED)):
             raise CampaignError(f"{variable} must be {'at least' if name in _ZERO_ALLOWED else 'greater than'} 0, not {raw}")
         kwargs[name] = value
-    return Settings(**kwargs)  # type: ignore[arg-type]
+    return Settings(**kwargs, explicit=frozenset(kwargs))  # type: ignore[arg-type]
 
 
 class RedactSecrets(logging.Filter):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from campaign import campaigns, errors, media, payloads, policy, statuses
+from campaign import campaigns, errors, health, media, payloads, policy, statuses
 from campaign.campaigns import RunningCampaign
 from campaign.clock import SYSTEM, Clock
 from campaign.config import Settings
@@ -67,6 +67,8 @@ MIN_CONNECTIONS = 20
 @dataclass(frozen=True)
 class DispatchConfig:
     mps: int = 80
+    mps_explicit: bool = True
+    """`mps` was set (CAMPAIGN_MPS, an option): it wins over a sender's throughput from Meta."""
     pair_interval: float = 6.0
     daily_unique_limit: int | None = None
     default_sender: str | None = None
@@ -79,6 +81,9 @@ class DispatchConfig:
     recover_every: float = 5.0
     retry_base: float = 2.0
     """Seconds before the first retry of a transient error; it doubles with each attempt."""
+    marketing_retry_after: float = 86400.0
+    marketing_retries: int = 3
+    unreachable_days: float = 30.0
     shared_guard: bool = True
     """Whether the cap's hard guard is shared with other workers (see `campaign.limits`)."""
     redis_url: str | None = None
@@ -88,6 +93,9 @@ class DispatchConfig:
         return cls(**{"mps": settings.mps, "pair_interval": settings.pair_interval, "redis_url": settings.redis_url,
                       "daily_unique_limit": settings.daily_unique_limit, "default_sender": settings.phone_number_id,
                       "lease": timedelta(seconds=settings.lease), "grace": timedelta(seconds=settings.send_grace),
+                      "mps_explicit": settings.is_explicit("mps") or "mps" in overrides,
+                      "marketing_retry_after": settings.marketing_retry_after,
+                      "marketing_retries": settings.marketing_retries, "unreachable_days": settings.unreachable_days,
                       **overrides})
 
 
@@ -145,6 +153,8 @@ class Dispatcher:
         self._slots_thread = ThreadPoolExecutor(1, thread_name_prefix="campaign-slots")
         """The send path's own (small, quick) transactions: never queued behind a claim or a flush."""
         self._campaigns: dict[int, RunningCampaign] = {}
+        self._sender_limits: dict[str, health.SenderLimits] = {}
+        """What Meta said of each sender (throughput, messaging limit), read with the campaigns."""
         self._queues: dict[str, deque[Claimed]] = {}
         self._carry: dict[str, deque[Claimed]] = {}
         """Marked in flight, but their block's slots were missed: first in the next block."""
@@ -222,6 +232,7 @@ class Dispatcher:
 
     def _running(self, names: list[str] | None, now: datetime) -> list[RunningCampaign]:
         with self.db.session() as session:
+            self._sender_limits = health.sender_limits(session)
             return campaigns.running(session, names, now, self.config.default_sender)
 
     def _upload(self, campaign: RunningCampaign, now: datetime) -> str | None:
@@ -238,6 +249,10 @@ class Dispatcher:
     def _pause(self, campaign_ids: list[int], reason: str, code: int | None, now: datetime) -> list[str]:
         with self.db.session() as session:
             return campaigns.engine_pause_all(session, campaign_ids, reason, code, now)
+
+    def _pause_sender(self, sender: str, reason: str, code: int | None, now: datetime) -> list[str]:
+        with self.db.session() as session:
+            return campaigns.engine_pause_sender(session, sender, self.config.default_sender, reason, code, now)
 
     async def _refresh(self, names: list[str] | None, now: datetime) -> None:
         running = await self._db(self._running, names, now)
@@ -269,7 +284,8 @@ class Dispatcher:
 
     def _cap(self, sender: str) -> float:
         caps = [c.mps for c in self._campaigns.values() if c.mps and self._sender(c) == sender]
-        return float(min([self.config.mps, *caps]))
+        meta = health.limits_for(self._sender_limits, sender).mps
+        return float(min([self.config.mps if self.config.mps_explicit or not meta else meta, *caps]))
 
     def _rate(self, sender: str) -> float:
         """What this worker expects to send for `sender` a second: the size of its claims
@@ -288,7 +304,14 @@ class Dispatcher:
 
     def _claim_sync(self, owned: list[RunningCampaign], limit: int, now: datetime) -> list[Claimed]:
         return self.outbox.claim(owned, limit, now, pair_interval=self.config.pair_interval,
-                                 daily_unique_limit=self.config.daily_unique_limit)
+                                 unreachable_for=timedelta(days=self.config.unreachable_days),
+                                 daily_unique_limit=self._daily_limit(owned))
+
+    def _daily_limit(self, owned: list[RunningCampaign]) -> int | None:
+        """CAMPAIGN_DAILY_UNIQUE_LIMIT, else the sender's messaging limit as Meta reported it."""
+        if self.config.daily_unique_limit is not None or not owned:
+            return self.config.daily_unique_limit
+        return health.limits_for(self._sender_limits, self._sender(owned[0])).daily_limit
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -420,7 +443,9 @@ class Dispatcher:
                      code: int | None, title: str, details: str | None, *, error: GraphError | None = None) -> None:
         """Do what the error table says an error answered to this send does."""
         what = errors.consequence(rule, source=errors.Source.SEND, attempts=message.attempts + 1,
-                                  pair_hits=message.pair_hits, rng=self.rng, retry_base=self.config.retry_base)
+                                  pair_hits=message.pair_hits, rng=self.rng, retry_base=self.config.retry_base,
+                                  marketing_waits=message.marketing_waits, marketing_retries=self.config.marketing_retries,
+                                  marketing_retry_after=self.config.marketing_retry_after)
         now = self.clock.now()
         if what.slow_sender:
             self.stats.throttled += 1
@@ -428,7 +453,7 @@ class Dispatcher:
         if what.fate is errors.Fate.RETRY:
             self.stats.retried += 1
             self._results.add_retry(message.id, message.contact_id, now + timedelta(seconds=what.retry_after),
-                                    pair_hit=what.pair_hit, code=code, title=title)
+                                    pair_hit=what.pair_hit, marketing_wait=what.marketing_wait, code=code, title=title)
         elif what.fate is errors.Fate.HOLD:
             self._results.add_retry(message.id, message.contact_id, now, code=code, title=title)
         else:
@@ -447,12 +472,14 @@ class Dispatcher:
 
     async def _pause_for(self, sender: str, campaign: RunningCampaign, pause: errors.Pause, rule: errors.ErrorRule,
                          code: int | None, error: GraphError | None) -> None:
+        reason = f"Meta error {code}: {rule.meaning} ({error}); {rule.advice}"
         if pause is errors.Pause.SENDER:
+            # Every campaign of the sender in the database: other workers stop at their next poll.
             ids = [c.id for c in self._campaigns.values() if self._sender(c) == sender]
+            paused = await self._db(self._pause_sender, sender, reason, code, self.clock.now())
         else:
             ids = [campaign.id]
-        reason = f"Meta error {code}: {rule.meaning} ({error}); {rule.advice}"
-        paused = await self._db(self._pause, ids, reason, code, self.clock.now())
+            paused = await self._db(self._pause, ids, reason, code, self.clock.now())
         for name in paused:
             log.error("paused campaign %r: %s", name, reason)
         self.stats.paused += paused

@@ -50,6 +50,9 @@ class ErrorRule:
     """The number is not on WhatsApp: remembered for future contacts checks."""
     no_resend_for: float | None = None
     """Seconds during which the recipient must not get another message of this kind."""
+    pause_when_most: bool = False
+    """Fails the message; pauses the campaign when most of its messages fail with it
+    (131053: a header link Meta cannot fetch fails every send)."""
 
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
@@ -79,8 +82,11 @@ RULES: tuple[ErrorRule, ...] = (
               "retried after about a minute", retry_after=MINUTE),
     ErrorRule((133010, 131045, 133000, 33), "sender number not registered or deleted", Action.PAUSE_ALL,
               "register the phone number (POST /PHONE_NUMBER_ID/register) and check WA_PHONE_NUMBER_ID"),
-    ErrorRule((100, 131008, 131009, 135000, 131051), "invalid or missing parameter, or unsupported message type",
+    ErrorRule((100, 131009, 135000, 131051), "invalid parameter value, or unsupported message type",
               Action.FAIL, "check the recipient's row values and the campaign's parameters"),
+    ErrorRule((131008, 132018), "a template parameter Meta refuses (missing, a newline or tab, too many spaces)",
+              Action.PAUSE_CAMPAIGN, "fix the binding or the rows (campaign import checks them); the parameters "
+              "will not fix themselves"),
     ErrorRule((131021,), "sender and recipient are the same number", Action.FAIL, "remove the business's own number"),
     ErrorRule((131026,), "undeliverable: not on WhatsApp, an old app, or terms not accepted", Action.FAIL,
               "the number is remembered as unreachable; use another channel", unreachable=True),
@@ -106,7 +112,7 @@ RULES: tuple[ErrorRule, ...] = (
     ErrorRule((132015, 132016), "template paused or disabled for low quality", Action.PAUSE_CAMPAIGN,
               "edit the template or wait for Meta to unpause it"),
     ErrorRule((131052, 131053), "media download or upload failed", Action.FAIL,
-              "check that the header's URL is public and of a supported type"),
+              "check that the header's URL is public and of a supported type", pause_when_most=True),
 )
 
 _BY_CODE: dict[int, ErrorRule] = {code: rule for rule in RULES for code in rule.codes}
@@ -168,6 +174,8 @@ class Consequence:
     """The number goes on the suppression list, for this scope (131050: marketing)."""
     limit_marketing_for: float | None = None
     """No marketing to the contact for this many seconds (131049)."""
+    marketing_wait: bool = False
+    """The retry is one of the message's bounded waits for the marketing limit."""
     pause: Pause | None = None
 
 
@@ -179,14 +187,19 @@ def consequence(
     pair_hits: int = 0,
     rng: random.Random | None = None,
     retry_base: float = 2.0,
+    marketing_waits: int = 0,
+    marketing_retries: int = 3,
+    marketing_retry_after: float = DAY,
 ) -> Consequence:
     """What `rule`'s error does, for a message tried `attempts` times (this one included)
     and refused `pair_hits` times before for the pair rate.
 
-    A message Meta had accepted (`Source.STATUS`) is final when it fails: the engine never
-    sends again what Meta accepted (a resend could race the old message's late statuses).
-    The contact, campaign and sender effects are the same from either source."""
-    effects = {"unreachable": rule.unreachable, "limit_marketing_for": rule.no_resend_for,
+    A message Meta had accepted (`Source.STATUS`) is final when it fails, except for the
+    per-user marketing limit, which Meta lifts later: the engine does not resend what Meta
+    accepted and failed for another reason. The contact, campaign and sender effects are
+    the same from either source."""
+    limit = marketing_retry_after if rule.no_resend_for else None
+    effects = {"unreachable": rule.unreachable, "limit_marketing_for": limit,
                # 131050: the user stopped marketing from the business; other templates still reach them.
                "suppress": SuppressionScope.MARKETING if rule.action is Action.FAIL_AND_SUPPRESS else None}
     action = rule.action
@@ -194,13 +207,15 @@ def consequence(
         pause = Pause.SENDER if action is Action.PAUSE_ALL else Pause.CAMPAIGN
         fate = Fate.HOLD if source is Source.SEND else Fate.FAIL
         return Consequence(rule, fate, pause=pause, **effects)
+    if action is Action.WAIT:
+        # 131049, from a send's answer or a failed status alike: Meta did not deliver it and
+        # lifts the limit later, so it waits (CAMPAIGN_MARKETING_RETRY_AFTER), a bounded
+        # number of times (CAMPAIGN_MARKETING_RETRIES).
+        if marketing_waits < marketing_retries:
+            return Consequence(rule, Fate.RETRY, retry_after=marketing_retry_after, marketing_wait=True, **effects)
+        return Consequence(rule, Fate.FAIL, gave_up=True, **effects)
     if source is Source.STATUS or action in (Action.FAIL, Action.FAIL_AND_SUPPRESS):
         return Consequence(rule, Fate.FAIL, **effects)
-    if action is Action.WAIT:
-        # 131049: Meta's per-user marketing limit; try again no sooner than it allows.
-        if attempts < policy.MAX_TRANSIENT_ATTEMPTS:
-            return Consequence(rule, Fate.RETRY, retry_after=rule.no_resend_for or 0.0, **effects)
-        return Consequence(rule, Fate.FAIL, gave_up=True, **effects)
     if action is Action.SLOW_DOWN:
         return Consequence(rule, Fate.RETRY, retry_after=1.0, slow_sender=True, **effects)
     if action is Action.RETRY_RECIPIENT_LATER:

@@ -14,6 +14,11 @@ parsed and validated completely before the reconciler (reconcile.py) applies any
   change, a deleted or edited message, a reaction) are noted, not applied.
 - `user_preferences` (the user stopped or resumed marketing in WhatsApp) become
   `PreferenceItem`s.
+- `message_template_status_update` becomes a `TemplateStatusItem` (name, language, event,
+  reason, time); `phone_number_quality_update` and `business_capability_update` become
+  `SenderItem`s (the sender's display number, the event, the messaging limit, the time): the
+  reconciler applies them through health.py. Their time is the entry's `time` (None when Meta
+  sent none: the receipt time stands in).
 - out-of-band `errors[]`, template status / quality updates, account updates and unknown
   fields become notes to log (a template paused, disabled or rejected, or a quality drop, as
   a warning) and are kept: the raw body stays in `webhook_events`.
@@ -45,6 +50,17 @@ _MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
 _MAX_ERROR_CODE = 2**53
 _QUALITY = {"GREEN": 3, "YELLOW": 2, "RED": 1}
 _BAD_TEMPLATE_EVENTS = frozenset({"PAUSED", "DISABLED", "REJECTED", "FLAGGED", "PENDING_DELETION"})
+TEMPLATE_STOPPED = {"PAUSED": 132015, "DISABLED": 132016, "REJECTED": 132001}
+"""Template statuses that stop every campaign using the template, with the error code Meta
+answers a send of it with (whatsapp-templates.md §3). FLAGGED is not here: a flagged template
+still sends (§1), it is only at risk."""
+SENDER_QUALITY_STOPS = frozenset({"FLAGGED", "DOWNGRADE"})
+"""`phone_number_quality_update` events that pause the sender's marketing campaigns (§5)."""
+THROUGHPUT_UPGRADE = "THROUGHPUT_UPGRADE"
+_TIERS: dict[str, int | None] = {"TIER_50": 50, "TIER_250": 250, "TIER_1K": 1000, "TIER_2K": 2000,
+                                 "TIER_10K": 10_000, "TIER_100K": 100_000, "TIER_UNLIMITED": None}
+"""Meta's messaging-limit tiers: distinct recipients outside their window per moving 24 hours
+(None: unlimited). TIER_1K and TIER_50 are older steps (§5, §6)."""
 
 
 class Malformed(ValueError):
@@ -91,11 +107,59 @@ class PreferenceItem:
     value: str
 
 
+@dataclass(frozen=True)
+class MessagingLimit:
+    tier: str
+    """As Meta names it, e.g. `TIER_2K`, `TIER_UNLIMITED`."""
+    daily: int | None
+    """Distinct recipients outside their window per moving 24 hours; None for unlimited."""
+
+
+def messaging_limit(value: Any) -> MessagingLimit | None:
+    """A tier (`TIER_2K`, `UNLIMITED`) or a capability's number (2000, -1 for unlimited);
+    None for NOT_SET or anything else."""
+    if isinstance(value, str):
+        tier = value.strip().upper()
+        tier = tier if tier.startswith("TIER_") else f"TIER_{tier}"
+        if tier in _TIERS:
+            return MessagingLimit(tier, _TIERS[tier])
+        return None
+    if type(value) is int and value == -1:
+        return MessagingLimit("TIER_UNLIMITED", None)
+    if type(value) is int and 0 < value < _MAX_ERROR_CODE:
+        named = next((tier for tier, daily in _TIERS.items() if daily == value), str(value))
+        return MessagingLimit(named, value)
+    return None
+
+
+@dataclass(frozen=True)
+class TemplateStatusItem:
+    name: str
+    language: str
+    event: str
+    reason: str | None
+    at: datetime | None
+    """The entry's time; None when Meta sent none (the receipt time stands in)."""
+
+
+@dataclass(frozen=True)
+class SenderItem:
+    """A `phone_number_quality_update` (event FLAGGED, DOWNGRADE, THROUGHPUT_UPGRADE, ...) or a
+    `business_capability_update` (event CAPABILITY, no display number: the whole portfolio)."""
+
+    display_phone_number: str | None
+    event: str
+    limit: MessagingLimit | None
+    at: datetime | None
+
+
 @dataclass
 class ParsedEvent:
     statuses: list[StatusItem] = field(default_factory=list)
     inbound: list[InboundItem] = field(default_factory=list)
     preferences: list[PreferenceItem] = field(default_factory=list)
+    templates: list[TemplateStatusItem] = field(default_factory=list)
+    senders: list[SenderItem] = field(default_factory=list)
     notes: list[tuple[int, str]] = field(default_factory=list)
     """(logging level, message) to log once the event is applied."""
 
@@ -119,6 +183,7 @@ def parse_event(body: bytes) -> ParsedEvent:
         return event
     for entry in _list(obj.get("entry"), "entry"):
         entry = _dict(entry, "entry[]")
+        at = _entry_time(entry.get("time"))
         for change in _list(entry.get("changes", []), "entry[].changes"):
             change = _dict(change, "changes[]")
             name = change.get("field")
@@ -130,6 +195,11 @@ def parse_event(body: bytes) -> ParsedEvent:
                     _parse_preference(_dict(item, "user_preferences[]"), event)
             elif name == "message_template_status_update":
                 _note_template_status(value, event)
+                _parse_template_status(value, at, event)
+            elif name == "phone_number_quality_update":
+                _parse_sender_quality(value, at, event)
+            elif name == "business_capability_update":
+                _parse_capability(value, at, event)
             elif name == "message_template_quality_update":
                 _note_template_quality(value, event)
             elif name == "account_update":
@@ -252,6 +322,44 @@ def _note_template_status(value: dict[str, Any], event: ParsedEvent) -> None:
         event.notes.append((logging.INFO, f"template {name} is {status}"))
 
 
+def _parse_template_status(value: dict[str, Any], at: datetime | None, event: ParsedEvent) -> None:
+    name = _opt_str(value.get("message_template_name"), "message_template_name")
+    language = _opt_str(value.get("message_template_language"), "message_template_language")
+    status = _opt_str(value.get("event"), "message_template_status_update.event")
+    if not name or not language or not status:
+        event.notes.append((logging.INFO, "template status update without a name, language or event ignored"))
+        return
+    reason = value.get("reason")
+    event.templates.append(TemplateStatusItem(name[:512], language[:32], status[:32].upper(),
+                                              _short(reason, 200) if reason not in (None, "") else None, at))
+
+
+def _parse_sender_quality(value: dict[str, Any], at: datetime | None, event: ParsedEvent) -> None:
+    display = _opt_str(value.get("display_phone_number"), "display_phone_number")
+    kind = _opt_str(value.get("event"), "phone_number_quality_update.event")
+    if not kind:
+        event.notes.append((logging.INFO, "phone number quality update without an event ignored"))
+        return
+    # `current_limit` yields to `max_daily_conversations_per_business` (Feb 2026, §5).
+    limit = messaging_limit(value.get("max_daily_conversations_per_business")) or messaging_limit(value.get("current_limit"))
+    level = logging.WARNING if kind.upper() in SENDER_QUALITY_STOPS else logging.INFO
+    event.notes.append((level, f"sender {_short(display)} quality update {_short(kind)}"
+                               + (f", messaging limit {limit.tier}" if limit else "")))
+    digits = "".join(ch for ch in display or "" if ch.isdigit())
+    event.senders.append(SenderItem(digits or None, kind[:32].upper(), limit, at))
+
+
+def _parse_capability(value: dict[str, Any], at: datetime | None, event: ParsedEvent) -> None:
+    # The `..._per_phone` field is deprecated: the per-business one wins when both are there.
+    limit = (messaging_limit(value.get("max_daily_conversations_per_business"))
+             or messaging_limit(value.get("max_daily_conversation_per_phone")))
+    if limit is None:
+        event.notes.append((logging.INFO, f"business capability update without a messaging limit: {_short(value, 200)}"))
+        return
+    event.notes.append((logging.INFO, f"business capability update: messaging limit {limit.tier}"))
+    event.senders.append(SenderItem(None, "CAPABILITY", limit, at))
+
+
 def _note_template_quality(value: dict[str, Any], event: ParsedEvent) -> None:
     before, after = _short(value.get("previous_quality_score")), _short(value.get("new_quality_score"))
     name = f"{_short(value.get('message_template_name'))} ({_short(value.get('message_template_language'))})"
@@ -291,6 +399,14 @@ def _get(obj: dict[str, Any], *path: str) -> Any:
 
 def _short(value: Any, limit: int = 80) -> str:
     return str(value)[:limit]
+
+
+def _entry_time(value: Any) -> datetime | None:
+    """An entry's `time` (unix seconds), or None: a missing or odd one never rejects the body."""
+    try:
+        return _time(value, "entry[].time")
+    except Malformed:
+        return None
 
 
 def _time(value: Any, what: str) -> datetime:

@@ -27,6 +27,10 @@ from yarl import URL
 CONNECTIONS = 20
 TEMPLATES_PAGE = 100
 MAX_PAGES = 1000
+SENDER_FIELDS = ("id", "display_phone_number", "verified_name", "status", "quality_rating", "messaging_limit_tier",
+                 "whatsapp_business_manager_messaging_limit", "throughput", "name_status", "code_verification_status")
+OPTIONAL_SENDER_FIELDS = frozenset({"messaging_limit_tier", "whatsapp_business_manager_messaging_limit",
+                                    "throughput", "name_status", "code_verification_status"})
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30.0, sock_connect=10.0, sock_read=10.0)
 """`connect` covers waiting for a free connection of the pool as well: a request that times
 out there never left."""
@@ -237,6 +241,24 @@ class GraphClient:
                 return found
             params = {**params, "after": str(after)}
         raise GraphError(f"more than {MAX_PAGES} pages of templates", http_status=status)
+
+    async def fetch_sender(self, phone_number_id: str) -> dict[str, Any]:
+        """`GET /{phone-number-id}`: the number's health as Graph returns it (health.py reads it).
+
+        A field this API version does not have (`messaging_limit_tier` is gone after v23,
+        `whatsapp_business_manager_messaging_limit` came in v24: whatsapp-templates.md §6) is
+        refused by Meta with code 100 naming it: it is dropped and the request made again."""
+        fields = list(SENDER_FIELDS)
+        while True:
+            status, content = await self._request("GET", phone_number_id, params={"fields": ",".join(fields)})
+            if status == 200:
+                return _json_object(content, status)
+            error = GraphError.from_answer(status, content)
+            missing = next((f for f in fields if error.code == 100 and f"({f})" in error.message
+                            and f in OPTIONAL_SENDER_FIELDS), None)
+            if missing is None:
+                raise error
+            fields.remove(missing)
 
     async def upload_media(self, phone_number_id: str, content: bytes, filename: str, mime_type: str) -> str:
         """`POST /{phone-number-id}/media`: the id Meta keeps the file under (30 days)."""

@@ -208,6 +208,8 @@ class Message(Base):
     """Sent (or reserved to be sent) outside the user's window: counts against the messaging limit."""
     pair_hits: Mapped[int] = mapped_column(default=0)
     """How often Meta refused it for the pair rate (131056): the backoff is 4^x seconds."""
+    marketing_waits: Mapped[int] = mapped_column(default=0, server_default="0")
+    """How often it went back to wait for Meta's per-user marketing limit (131049)."""
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
     sending_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
@@ -220,6 +222,18 @@ class Message(Base):
     reply: Mapped[str | None] = mapped_column(Text)
     """That first answer: the button's payload (its label for an engine default payload), or
     the start of the text."""
+
+
+class RetiredWamid(Base):
+    """The wamid of a send Meta failed with the marketing limit (131049), whose message went
+    back to the queue for another send: late statuses of the old send are recognized and
+    ignored, never applied to the new one."""
+
+    __tablename__ = "retired_wamids"
+
+    wamid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    message_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    retired_at: Mapped[datetime]
 
 
 class MediaUpload(Base):
@@ -324,3 +338,52 @@ class PendingStatus(Base):
     """When its event was received."""
     orphaned_at: Mapped[datetime | None]
     """Set when no message turned up within the orphan limit: reported, no longer retried."""
+
+
+class Sender(Base):
+    """What Meta says of a sender number: from `campaign sender` / launch (`GET /{phone-number-id}`)
+    and from quality and capability webhooks. Each group of facts keeps the time Meta stated it,
+    so webhooks applied in any order end with the latest (health.py).
+
+    The row `*` is the business (portfolio): the messaging limit is shared by its numbers since
+    October 2025 (whatsapp-templates.md §6), so a capability update lands there too, and a sender
+    without a limit of its own reads it from there."""
+
+    __tablename__ = "senders"
+
+    phone_number_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display_phone_number: Mapped[str | None] = mapped_column(String(32), index=True)
+    """Digits only, as the quality webhook names the number."""
+    status: Mapped[str | None] = mapped_column(String(32))
+    """CONNECTED, DISCONNECTED, FLAGGED, RESTRICTED, ... (the last GET)."""
+    quality_rating: Mapped[str | None] = mapped_column(String(16))
+    quality_event: Mapped[str | None] = mapped_column(String(32))
+    """The latest `phone_number_quality_update` event (FLAGGED, UNFLAGGED, DOWNGRADE, ...)."""
+    quality_at: Mapped[datetime | None]
+    messaging_limit: Mapped[str | None] = mapped_column(String(32))
+    """The tier as Meta names it, e.g. TIER_2K."""
+    daily_limit: Mapped[int | None] = mapped_column(BigInteger)
+    """The tier as a number of recipients; NULL is unlimited once `messaging_limit` is known."""
+    limit_at: Mapped[datetime | None]
+    mps: Mapped[int | None] = mapped_column(Integer)
+    """Meta's throughput for the number (80, or 1,000 after THROUGHPUT_UPGRADE); NULL unknown."""
+    mps_at: Mapped[datetime | None]
+    is_default: Mapped[bool] = mapped_column(default=False)
+    """Read as `WA_PHONE_NUMBER_ID`: campaigns without a sender of their own send from it."""
+    health_checked_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TemplateStatus(Base):
+    """The latest `message_template_status_update` of a template in a language (and launch's own
+    reading of an APPROVED one): campaigns using a PAUSED, DISABLED or REJECTED one cannot resume."""
+
+    __tablename__ = "template_statuses"
+
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    language: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    event_at: Mapped[datetime]
+    """When Meta stated it: the latest wins, whatever order the webhooks arrive in."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

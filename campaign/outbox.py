@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from campaign import contacts, policy, suppressions
+from campaign import contacts, phone, policy, suppressions
 from campaign.campaigns import RunningCampaign
 from campaign.db import Database
 from campaign.models import Campaign, Contact, Message, Suppression
@@ -56,6 +56,7 @@ class Claimed:
     params: dict[str, Any]
     attempts: int
     pair_hits: int
+    marketing_waits: int
     choice: policy.Choice
     business_initiated: bool
 
@@ -91,11 +92,12 @@ class Results:
                             "at": at, "free_at": at})
 
     def add_retry(self, message_id: int, contact_id: int, due: datetime, *, pair_hit: bool = False,
-                  code: int | None = None, title: str | None = None) -> None:
+                  marketing_wait: bool = False, code: int | None = None, title: str | None = None) -> None:
         # The recipient stays reserved only after a pair-rate refusal (Meta: back off that
         # recipient); otherwise the message's own due time holds it back.
-        self.retry.append({"mid": message_id, "cid": contact_id, "due": due, "pair": int(pair_hit), "code": code,
-                           "title": title, "free_at": due if pair_hit else None})
+        self.retry.append({"mid": message_id, "cid": contact_id, "due": due, "pair": int(pair_hit),
+                           "mwait": int(marketing_wait), "code": code, "title": title,
+                           "free_at": due if pair_hit else None})
 
 
 class Outbox:
@@ -133,6 +135,7 @@ class Outbox:
         *,
         pair_interval: float,
         daily_unique_limit: int | None = None,
+        unreachable_for: timedelta = policy.UNREACHABLE_FOR,
     ) -> list[Claimed]:
         """Lease up to `limit` sendable messages and decide what each one gets."""
         by_id = {c.id: c for c in campaigns}
@@ -172,14 +175,15 @@ class Outbox:
             # every millisecond it holds the GIL is a millisecond the send loop is late.
             rows = session.execute(
                 select(Message.id, Message.campaign_id, Message.params, Message.attempts, Message.pair_hits,
-                       Contact.id.label("contact_id"), Contact.phone, Contact.last_inbound_at, Contact.last_sent_at,
-                       Contact.marketing_limited_until, Suppression.scope.label("suppression_scope"))
+                       Message.marketing_waits, Contact.id.label("contact_id"), Contact.phone, Contact.last_inbound_at,
+                       Contact.marketing_limited_until, Contact.unreachable_at,
+                       Suppression.scope.label("suppression_scope"))
                 .join(Contact, Contact.id == Message.contact_id)
                 .outerjoin(Suppression, Suppression.phone == Contact.phone)
                 .where(Message.id.in_(claimed_ids))
                 .order_by(Message.id)
             ).all()
-            return self._decide(session, rows, by_id, now, pair_interval, daily_unique_limit)
+            return self._decide(session, rows, by_id, now, pair_interval, daily_unique_limit, unreachable_for)
 
     def _decide(
         self,
@@ -189,6 +193,7 @@ class Outbox:
         now: datetime,
         pair_interval: float,
         daily_unique_limit: int | None,
+        unreachable_for: timedelta,
     ) -> list[Claimed]:
         # Reserve each recipient for the pair interval: until the lease ends (the latest the
         # send can start), plus the interval. The result replaces it with the real time.
@@ -219,16 +224,21 @@ class Outbox:
                 policy.Recipient(
                     suppressed=policy.suppression_applies(row.suppression_scope, campaign.category),
                     last_inbound_at=row.last_inbound_at,
-                    ever_messaged=row.last_sent_at is not None,
                     marketing_limited_until=row.marketing_limited_until,
+                    unreachable_at=row.unreachable_at,
+                    in_united_states=campaign.marketing and phone.is_us(row.phone),
                 ),
                 has_template=bool(campaign.spec.template_name),
                 has_text=campaign.spec.text_body is not None,
                 marketing=campaign.marketing,
                 now=now,
+                unreachable_for=unreachable_for,
             )
             if decision.choice is policy.Choice.SKIP:
                 skip.append({"mid": row.id, "title": decision.reason, "at": now})
+                continue
+            if decision.choice is policy.Choice.WAIT:
+                release.append({"mid": row.id, "due": decision.until})
                 continue
             if decision.business_initiated and budget is not None and row.contact_id not in already:
                 if budget <= 0:
@@ -239,7 +249,7 @@ class Outbox:
             seen_contacts.add(row.contact_id)
             claimed.append(Claimed(
                 id=row.id, campaign_id=row.campaign_id, contact_id=row.contact_id, phone=row.phone,
-                params=row.params, attempts=row.attempts, pair_hits=row.pair_hits,
+                params=row.params, attempts=row.attempts, pair_hits=row.pair_hits, marketing_waits=row.marketing_waits,
                 choice=decision.choice, business_initiated=decision.business_initiated,
             ))
         if release:
@@ -396,6 +406,7 @@ _RETRY = (
     update(Message.__table__)
     .where(_m.id == bindparam("mid"), _m.state == MessageState.SENDING.value)
     .values(state=MessageState.QUEUED.value, next_attempt_at=bindparam("due"), pair_hits=_m.pair_hits + bindparam("pair"),
+            marketing_waits=_m.marketing_waits + bindparam("mwait"),
             error_code=bindparam("code"), error_title=bindparam("title"),
             sending_at=None, lease_owner=None, lease_expires_at=None)
 )

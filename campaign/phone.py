@@ -16,6 +16,8 @@ E.164 with `+`. Rules that are not phonenumbers' own (measured, see library-note
 
 from __future__ import annotations
 
+import functools
+
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -145,6 +147,18 @@ def normalize_many(raws: Iterable[str], default_region: str | None = None, *, so
             raise CampaignError(f"{source}{n.detail}")
         numbers.append(n.e164)
     return numbers
+
+
+@functools.lru_cache(maxsize=65536)
+def is_us(e164: str) -> bool:
+    """Whether an E.164 number is in the United States (not Canada or the Caribbean, which
+    share +1): Meta delivers no marketing templates there."""
+    if not e164.startswith("+1"):
+        return False
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(e164)) == "US"
+    except NumberParseException:
+        return False
 
 
 def is_region(code: str) -> bool:

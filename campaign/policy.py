@@ -1,7 +1,9 @@
 """The send policy: Meta's rules on what may be sent to whom, and when. Pure, no I/O.
 
-Sources (whatsapp-cloud-api.md): the 24-hour customer-service window (free-form only
-inside it; a free-form send outside is accepted and then fails with 131047), the pair rate
+Sources (whatsapp-cloud-api.md): the 24-hour customer-service window, which the
+recipient's own message opens (free-form only inside it; a free-form send outside is
+accepted and then fails with 131047), marketing templates not delivered to United States
+numbers, 131026 remembered for a while, the pair rate
 (131056: back off 4^x seconds), the messaging limit (unique users reached outside a window
 in a moving 24 hours), the per-user marketing limit (131049: not again within 24 hours).
 """
@@ -20,12 +22,17 @@ MAX_TRANSIENT_ATTEMPTS = 5
 """A message that failed transiently this many times fails for good."""
 MAX_PAIR_RETRIES = 6
 """4^6 s is over an hour: a recipient still limited by then is failed."""
+UNREACHABLE_FOR = timedelta(days=30)
+"""131026 also means an old app or terms not yet accepted: the memory of it expires
+(CAMPAIGN_UNREACHABLE_DAYS)."""
 
 
 class Choice(StrEnum):
     TEMPLATE = "template"
     TEXT = "text"
     SKIP = "skip"
+    WAIT = "wait"
+    """Not now: Meta holds this recipient until `Decision.until` (the message is not skipped)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class Decision:
     reason: str = ""
     business_initiated: bool = False
     """Reaches the user outside an open window: counts against the messaging limit."""
+    until: datetime | None = None
+    """For WAIT: when to try again."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +51,10 @@ class Recipient:
 
     suppressed: bool
     last_inbound_at: datetime | None
-    ever_messaged: bool
-    """Whether the business has sent this number anything before (first contact is a template)."""
     marketing_limited_until: datetime | None = None
+    unreachable_at: datetime | None = None
+    """When a message to them last failed with 131026."""
+    in_united_states: bool = False
 
 
 def suppression_applies(scope: str | None, category: str | None) -> bool:
@@ -61,18 +71,28 @@ def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:
 
 
 def choose_message(
-    recipient: Recipient, *, has_template: bool, has_text: bool, marketing: bool, now: datetime
+    recipient: Recipient, *, has_template: bool, has_text: bool, marketing: bool, now: datetime,
+    unreachable_for: timedelta = UNREACHABLE_FOR,
 ) -> Decision:
-    """Template or free-form for one recipient, or why nothing may be sent."""
+    """Template or free-form for one recipient, or why nothing may be sent (now, or at all).
+
+    The window is the recipient's: whoever wrote within 24 hours may get the free-form text,
+    whether or not the business wrote to them before; the business writing first is a
+    template (whatsapp-cloud-api.md, "The 24-hour window")."""
     if recipient.suppressed:
         return Decision(Choice.SKIP, "the number is on the suppression list")
+    if recipient.unreachable_at is not None and now - recipient.unreachable_at < unreachable_for:
+        return Decision(Choice.SKIP, f"a message to this number failed with 131026 (not on WhatsApp, an old app, "
+                                     f"or terms not accepted) on {recipient.unreachable_at:%Y-%m-%d}")
     is_open = window_open(recipient.last_inbound_at, now)
-    if has_text and is_open and recipient.ever_messaged:
+    if has_text and is_open:
         return Decision(Choice.TEXT)
     if not has_template:
         return Decision(Choice.SKIP, "the 24-hour window is closed and the campaign has no template")
+    if marketing and recipient.in_united_states:
+        return Decision(Choice.SKIP, "Meta does not deliver marketing templates to United States numbers")
     if marketing and recipient.marketing_limited_until is not None and now < recipient.marketing_limited_until:
-        return Decision(Choice.SKIP, "Meta's per-user marketing limit (131049) is still in force")
+        return Decision(Choice.WAIT, "Meta's per-user marketing limit (131049)", until=recipient.marketing_limited_until)
     return Decision(Choice.TEMPLATE, business_initiated=not is_open)
 
 

@@ -17,6 +17,9 @@ id order, parses them (events.py) and applies what they carry:
   news the user has already acted on (paused, fixed, resumed) never pauses it again.
 - inbound messages and `user_preferences` open windows, opt out and opt in; an inbound
   message that answers a campaign message is recorded on it as its reply (inbound.py).
+- template status, sender quality and business capability updates go to health.py: a
+  template paused, disabled or rejected pauses the campaigns using it, a flagged sender its
+  marketing campaigns; the latest status and limits are remembered, whatever the order.
 - what parsing noted (out-of-band errors, template and account updates, ignored items) is
   logged once the event is applied.
 
@@ -58,14 +61,15 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text,
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from campaign import campaigns, contacts, errors
+from campaign import campaigns, contacts, errors, health
 from campaign.db import Database
 from campaign.clock import SYSTEM, Clock
-from campaign.events import InboundItem, Malformed, ParsedEvent, PreferenceItem, StatusItem, parse_event, parse_status
+from campaign.events import (InboundItem, Malformed, ParsedEvent, PreferenceItem, SenderItem, StatusItem,
+                             TemplateStatusItem, parse_event, parse_status)
 from campaign.inbound import DEFAULT_OPT_IN_WORDS, DEFAULT_OPT_OUT_WORDS, apply_inbound, apply_replies
-from campaign.models import Campaign, Contact, Message, PendingStatus, WebhookEvent
+from campaign.models import Campaign, Contact, Message, PendingStatus, RetiredWamid, WebhookEvent
 from campaign.states import CampaignState, MessageState, SuppressionSource
-from campaign.sql import batches
+from campaign.sql import batches, insert_ignore
 from campaign.statuses import Delivery, StatusError, StatusUpdate, merge, parse_callback_data
 from campaign.suppressions import suppress
 
@@ -109,6 +113,9 @@ class _Rules:
     opt_in: frozenset[str]
     orphan_after: timedelta
     batch: int
+    marketing_retries: int = 3
+    marketing_retry_after: float = 86400.0
+    default_sender: str | None = None
 
 
 @dataclass
@@ -129,6 +136,7 @@ class _Row:
     error_title: str | None
     error_details: str | None
     pricing_category: str | None
+    marketing_waits: int
     changed: bool = False
 
 
@@ -140,6 +148,16 @@ _UPDATE_ROW = (
     update(Message.__table__)
     .where(Message.__table__.c.id == bindparam("row_id"))
     .values({name: bindparam(name, type_=Message.__table__.c[name].type) for name in _WRITTEN})
+)
+
+
+_REQUEUE = (
+    update(Message.__table__)
+    .where(Message.__table__.c.id == bindparam("mid"), Message.__table__.c.wamid == bindparam("old"),
+           Message.__table__.c.state == MessageState.FAILED.value)
+    .values(state=MessageState.QUEUED.value, wamid=None, failed_at=None, next_attempt_at=bindparam("due"),
+            marketing_waits=Message.__table__.c.marketing_waits + 1, sending_at=None, lease_owner=None,
+            lease_expires_at=None)
 )
 
 
@@ -160,6 +178,9 @@ def reconcile_once(
     opt_out_words: Iterable[str] = DEFAULT_OPT_OUT_WORDS,
     opt_in_words: Iterable[str] = DEFAULT_OPT_IN_WORDS,
     orphan_after: timedelta = DEFAULT_ORPHAN_AFTER,
+    marketing_retries: int = 3,
+    marketing_retry_after: float = 86400.0,
+    default_sender: str | None = None,
     write_lock: AbstractContextManager[Any] | None = None,
     clock: Clock = SYSTEM,
 ) -> ReconcileStats:
@@ -176,6 +197,9 @@ def reconcile_once(
         opt_in=frozenset(w.strip().casefold() for w in opt_in_words),
         orphan_after=orphan_after,
         batch=max(1, batch),
+        marketing_retries=marketing_retries,
+        marketing_retry_after=marketing_retry_after,
+        default_sender=default_sender,
     )
     lock = write_lock if write_lock is not None else contextlib.nullcontext()
     total = ReconcileStats()
@@ -307,6 +331,8 @@ def _process(session: Session, events: list[_Event], now: datetime, rules: _Rule
     statuses: list[tuple[StatusItem, _Source]] = []
     inbound: list[InboundItem] = []
     preferences: list[PreferenceItem] = []
+    templates: list[tuple[TemplateStatusItem, datetime]] = []
+    senders: list[tuple[SenderItem, datetime]] = []
     # Another reconciler (another receiver's) may have applied some meanwhile.
     still = set()
     for chunk in batches([e.id for e in events]):
@@ -320,13 +346,18 @@ def _process(session: Session, events: list[_Event], now: datetime, rules: _Rule
         statuses += [(item, _Source(event.received_at, event_id=event.id)) for item in event.parsed.statuses]
         inbound += event.parsed.inbound
         preferences += event.parsed.preferences
+        # Meta's time of the news, else when it reached us: the latest news wins (health.py).
+        templates += [(item, item.at or event.received_at) for item in event.parsed.templates]
+        senders += [(item, item.at or event.received_at) for item in event.parsed.senders]
         notes += [(level, f"event {event.id}: {message}") for level, message in event.parsed.notes]
     if with_pending:
         statuses += _resolvable_pending(session)
 
-    stats.statuses_applied = _apply_statuses(session, statuses, now, notes)
+    stats.statuses_applied = _apply_statuses(session, statuses, now, notes, rules)
     stats.inbound = apply_inbound(session, inbound, preferences, opt_out=rules.opt_out, opt_in=rules.opt_in)
     stats.replies = apply_replies(session, inbound)
+    health.apply_template_statuses(session, templates, now, notes)
+    health.apply_sender_updates(session, senders, now, notes)
 
     for chunk in batches([e.id for e in events if e.error is None]):
         session.execute(update(WebhookEvent).where(WebhookEvent.id.in_(chunk)).values(processed_at=now, error=None))
@@ -371,9 +402,13 @@ def _load_rows(session: Session, condition_column: Any, keys: Iterable[Any]) -> 
 
 
 def _apply_statuses(session: Session, statuses: list[tuple[StatusItem, _Source]], now: datetime,
-                    notes: list[tuple[int, str]]) -> int:
+                    notes: list[tuple[int, str]], rules: _Rules) -> int:
     if not statuses:
         return 0
+    # Statuses of a send Meta failed with the marketing limit, whose message went back to the
+    # queue: old news about a message that will be (or was) sent again under a new wamid.
+    retired = _retired(session, {s.wamid for s, _ in statuses})
+    statuses = [(s, source) for s, source in statuses if s.wamid not in retired]
     by_id = {row.id: row for row in _load_rows(session, Message.wamid, {s.wamid for s, _ in statuses})}
     callback_ids = {parse_callback_data(s.callback_data) for s, _ in statuses} - {None} - by_id.keys()
     if callback_ids:
@@ -421,7 +456,7 @@ def _apply_statuses(session: Session, statuses: list[tuple[StatusItem, _Source]]
     for chunk in batches(resolved_pending):
         session.execute(delete(PendingStatus).where(PendingStatus.id.in_(chunk)))
     if failures:
-        _apply_error_table(session, failures, now, notes)
+        _apply_error_table(session, failures, now, notes, rules)
     return applied
 
 
@@ -446,16 +481,26 @@ def _merge_into(row: _Row, item: StatusItem) -> None:
 
 
 def _apply_error_table(session: Session, failures: list[tuple[_Row, StatusItem]], now: datetime,
-                       notes: list[tuple[int, str]]) -> None:
+                       notes: list[tuple[int, str]], rules: _Rules) -> None:
     """What a failed status does beyond its message (errors.consequence, as for a send)."""
     phones = dict(session.execute(select(Contact.id, Contact.phone).where(
         Contact.id.in_({row.contact_id for row, _ in failures}))).all())
     pauses: dict[int, tuple[int, datetime, errors.Pause]] = {}
+    requeue: dict[int, dict[str, Any]] = {}
+    media_failures: set[int] = set()
     for row, item in failures:
         assert item.error is not None
         code = item.error.code
         rule = errors.rule_for(code)
-        what = errors.consequence(rule, source=errors.Source.STATUS, attempts=1)
+        what = errors.consequence(rule, source=errors.Source.STATUS, attempts=1, marketing_waits=row.marketing_waits,
+                                  marketing_retries=rules.marketing_retries,
+                                  marketing_retry_after=rules.marketing_retry_after)
+        if what.fate is errors.Fate.RETRY and row.state == MessageState.FAILED.value and row.read_at is None \
+                and row.delivered_at is None and row.wamid is not None:
+            requeue[row.id] = {"mid": row.id, "old": row.wamid, "due": item.at + timedelta(seconds=what.retry_after),
+                               "at": now}
+        if rule.pause_when_most:
+            media_failures.add(row.campaign_id)
         if row.contact_id not in phones:
             continue
         if what.unreachable:
@@ -469,23 +514,65 @@ def _apply_error_table(session: Session, failures: list[tuple[_Row, StatusItem]]
             earlier = pauses.get(row.campaign_id)
             if earlier is None or item.at > earlier[1]:
                 pauses[row.campaign_id] = (code, item.at, what.pause)
+    if requeue:
+        _requeue(session, list(requeue.values()), notes)
+    for campaign_id in sorted(media_failures):
+        _pause_if_most_failed(session, campaign_id, now, notes)
     for campaign_id, (code, at, pause) in sorted(pauses.items()):
-        _pause_for(session, campaign_id, code, at, pause, now, notes)
+        _pause_for(session, campaign_id, code, at, pause, now, notes, rules)
+
+
+def _retired(session: Session, wamids: set[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in batches(sorted(wamids)):
+        found.update(session.scalars(select(RetiredWamid.wamid).where(RetiredWamid.wamid.in_(chunk))))
+    return found
+
+
+def _requeue(session: Session, rows: list[dict[str, Any]], notes: list[tuple[int, str]]) -> None:
+    """131049 by webhook: the message goes back to the queue to wait out Meta's marketing
+    limit, its old wamid retired so that late statuses of that send are ignored."""
+    session.execute(insert_ignore(session, RetiredWamid),
+                    [{"wamid": r["old"], "message_id": r["mid"], "retired_at": r["at"]} for r in rows])
+    session.execute(_REQUEUE, rows)
+    # A campaign that completed before the news came has a message to send again.
+    requeued = select(Message.campaign_id).where(Message.id.in_([r["mid"] for r in rows]))
+    session.execute(update(Campaign).where(Campaign.id.in_(requeued), Campaign.state == CampaignState.COMPLETED)
+                    .values(state=CampaignState.RUNNING, completed_at=None))
+    notes.append((logging.INFO, f"{len(rows)} message(s) refused for Meta's per-user marketing limit wait to go again"))
+
+
+MEDIA_PAUSE_MIN = 20
+"""A campaign is paused for media failures (131053) only after this many: a few broken
+links in per-recipient columns fail their own messages, not the campaign."""
+
+
+def _pause_if_most_failed(session: Session, campaign_id: int, now: datetime, notes: list[tuple[int, str]]) -> None:
+    """131053 fails the message; when most of a campaign's accepted sends failed with it, the
+    header cannot be fetched for anyone: pause instead of failing the rest."""
+    m = Message.__table__.c
+    media = session.scalar(select(func.count()).where(m.campaign_id == campaign_id, m.state == MessageState.FAILED.value,
+                                                      m.error_code.in_(errors.rule_for(131053).codes)))
+    accepted = session.scalar(select(func.count()).where(m.campaign_id == campaign_id, m.wamid.is_not(None)))
+    if media >= MEDIA_PAUSE_MIN and media * 2 > (accepted or 0):
+        campaign = session.get(Campaign, campaign_id)
+        rule = errors.rule_for(131053)
+        reason = (f"{media} of {accepted} messages failed with 131053 ({rule.meaning}): {rule.advice}; "
+                  "resume once the media is fixed")
+        if campaign is not None and campaigns.engine_pause(session, campaign, reason, 131053, now=now):
+            notes.append((logging.WARNING, f"campaign {campaign.name!r} paused: {reason}"))
 
 
 def _pause_for(session: Session, campaign_id: int, code: int, at: datetime, pause: errors.Pause, now: datetime,
-               notes: list[tuple[int, str]]) -> None:
+               notes: list[tuple[int, str]], rules: _Rules) -> None:
     rule = errors.rule_for(code)
     campaign = session.get(Campaign, campaign_id)
     if campaign is None:
         return
     targets = [campaign]
     if pause is errors.Pause.SENDER:
-        same_sender = (Campaign.phone_number_id.is_(None) if campaign.phone_number_id is None
-                       else Campaign.phone_number_id == campaign.phone_number_id)
-        targets += session.scalars(select(Campaign).where(
-            same_sender, Campaign.id != campaign.id,
-            Campaign.state.in_([CampaignState.RUNNING.value, CampaignState.SCHEDULED.value])).order_by(Campaign.id))
+        targets += [c for c in campaigns.of_sender(session, campaign.phone_number_id, rules.default_sender)
+                    if c.id != campaign.id]
     reason = f"error {code} in a status webhook: {rule.meaning} ({rule.advice})"
     for target in targets:
         # Old news the user already acted on (paused, then resumed) does not pause again;

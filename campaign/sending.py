@@ -4,15 +4,16 @@ send test messages. The CLI wraps these; a script can call them directly."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import func, select
 
-from campaign import binding, campaigns, media, phone
+from campaign import binding, campaigns, errors, health, media, phone
 from campaign.binding import SourceKind
 from campaign.clock import SYSTEM, Clock, utcnow
 from campaign.config import Settings
@@ -24,6 +25,8 @@ from campaign.models import Campaign, Message
 from campaign.payloads import targets_without_definition, template_payload
 from campaign.states import CampaignState, MessageState
 from campaign.templates import TemplateInfo, parse_template
+
+log = logging.getLogger(__name__)
 
 
 def client_factory(settings: Settings) -> Callable[[int], GraphClient]:
@@ -52,15 +55,19 @@ def templates(settings: Settings, name: str | None = None) -> list[tuple[dict[st
     return [(item, parse_template(item)) for item in items]
 
 
-def check(db: Database, settings: Settings, name: str, *, now: datetime | None = None) -> Campaign:
+def check(db: Database, settings: Settings, name: str, *, now: datetime | None = None,
+          warn: Callable[[str], None] | None = None) -> Campaign:
     """The pre-flight of launch and `campaign test`: the template exists, is APPROVED in the
     language, and every part of it is bound and nothing else is (with the WABA id: against
-    its definition, which is kept with the campaign); files bound to a media header are
-    uploaded (or their live upload reused). Raises CampaignError with one line naming the
-    template and the target."""
+    its definition, which is kept with the campaign; without it, the template must not be
+    PAUSED, DISABLED or REJECTED by its latest status webhook); files bound to a media header
+    are uploaded (or their live upload reused); with a token, the sender must be CONNECTED
+    (health.preflight: `warn` gets what is worth knowing but not refusing, else it is logged).
+    Raises CampaignError with one line naming the template and the target, or the sender."""
     now = now or utcnow()
     with db.read_session() as session:
         campaign = campaigns.get(session, name)
+        stopped = campaigns.stopped_template(session, campaign)
     bound = campaigns.binding_of(campaign)
     definition, info = None, None
     if settings.business_account_id:
@@ -78,6 +85,11 @@ def check(db: Database, settings: Settings, name: str, *, now: datetime | None =
                 raise CampaignError(
                     f"{campaign.template_name}: {key} can be bound only against the template's definition: "
                     "set WA_BUSINESS_ACCOUNT_ID (or use --header-image/--header-video/--header-document)")
+        if stopped is not None:
+            raise CampaignError(stopped)
+    sender = campaigns.sender_of(campaign.phone_number_id, settings.phone_number_id)
+    if settings.access_token and sender is not None:
+        health.preflight(db, settings, sender, now=now, warn=warn or log.warning)
     files = {s.value for s in bound.values() if s.kind is SourceKind.FILE}
     if files:
         sender = campaigns.require_sender(campaign.phone_number_id, settings.phone_number_id)
@@ -87,15 +99,22 @@ def check(db: Database, settings: Settings, name: str, *, now: datetime | None =
     with db.session() as session:
         campaign = campaigns.get(session, name)
         if info is not None:
+            health.remember_approved(session, campaign.template_name, campaign.template_language, now)
             campaign.template_definition = definition
             campaign.template_checked_at = now
             campaign.template_category = info.category or campaign.template_category
         return campaign
 
 
-def launch(db: Database, settings: Settings, name: str, *, at: datetime | None = None) -> Campaign:
-    """Start (or schedule) a campaign, after the pre-flight (`check`)."""
-    check(db, settings, name)
+def launch(db: Database, settings: Settings, name: str, *, at: datetime | None = None,
+           warn: Callable[[str], None] | None = None) -> Campaign:
+    """Start (or schedule) a campaign, after the pre-flight (`check`; `warn` as there)."""
+    checked = check(db, settings, name, warn=warn)
+    if checked.template_category is None:
+        (warn or log.warning)(
+            f"the category of template {checked.template_name!r} is unknown (set WA_BUSINESS_ACCOUNT_ID, or create "
+            "the campaign with --category): marketing opt-outs are honoured as if it were marketing, and if it is "
+            "marketing Meta refuses it to United States numbers and to people it limits (131049)")
     with db.session() as session:
         campaign = campaigns.get(session, name)
         campaigns.launch(session, campaign, at=at)
@@ -204,11 +223,15 @@ def send_test(db: Database, settings: Settings, name: str, numbers: Sequence[str
 
 @dataclass(frozen=True)
 class Progress:
-    """A campaign's figures for `status`: counts, the recent send rate, the time left."""
+    """A campaign's figures for `status`: counts, the recent send rate, the time left, and
+    the messages waiting out Meta's per-user marketing limit (131049)."""
 
     counts: campaigns.Counts
     rate: float
     eta_seconds: float | None
+    marketing_waiting: int = 0
+    marketing_waiting_until: datetime | None = None
+    """When the last of them goes again."""
 
 
 def progress(db: Database, campaign_id: int, *, now: datetime | None = None, window: float = 60.0) -> Progress:
@@ -218,8 +241,14 @@ def progress(db: Database, campaign_id: int, *, now: datetime | None = None, win
         recent = session.scalar(
             select(func.count()).where(Message.campaign_id == campaign_id, Message.sent_at >= now - timedelta(seconds=window))
         ) or 0
+        waiting, until = session.execute(
+            select(func.count(), func.max(Message.next_attempt_at)).where(
+                Message.campaign_id == campaign_id, Message.state == MessageState.QUEUED,
+                Message.error_code.in_(errors.rule_for(131049).codes), Message.next_attempt_at > now)
+        ).one()
     rate = recent / window
     left = counts.by_state[MessageState.QUEUED] + counts.by_state[MessageState.SENDING]
     eta = left / rate if rate > 0 else None
-    return Progress(counts, rate, eta)
-
+    if until is not None and until.tzinfo is None:  # an aggregate skips the column's type on SQLite
+        until = datetime.fromisoformat(str(until)).replace(tzinfo=timezone.utc)
+    return Progress(counts, rate, eta, waiting, until)

@@ -119,7 +119,10 @@ def create_app(
         threading.Lock() if is_sqlite(db.engine) else contextlib.nullcontext()
     )
     reconciler = _Reconciler(db, {"opt_out_words": tuple(opt_out_words), "opt_in_words": tuple(opt_in_words),
-                                  "orphan_after": orphan_after, "write_lock": write_lock, "clock": clock}) if reconcile else None
+                                  "orphan_after": orphan_after, "write_lock": write_lock, "clock": clock,
+                                  "marketing_retries": settings.marketing_retries,
+                                  "marketing_retry_after": settings.marketing_retry_after,
+                                  "default_sender": settings.phone_number_id}) if reconcile else None
 
     def store(body: bytes) -> bool:
         with write_lock:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 
+from campaign.models import Message
 from campaign.sandbox.config import SandboxConfig
 from campaign.sandbox.server import SandboxServer
 
@@ -96,3 +99,28 @@ def test_create_refuses_a_bind_it_cannot_read_with_one_line(cli) -> None:  # typ
     assert result.exit_code == 1 and result.stderr.startswith("error: --bind 'button.zero=order'")
     twice = cli("create", "y", "--template", "order_update", "--language", "en_US", "--param", "a", "--bind", "body.1=b")
     assert twice.exit_code == 1 and "body.1 is bound twice" in twice.stderr
+
+
+def test_retry_requeues_failed_messages_meta_never_accepted_and_resume_sender_resumes_a_sender_wide_pause(
+        spring, env) -> None:  # type: ignore[no-untyped-def]
+    from campaign import campaigns
+    from campaign.db import Database
+
+    assert spring("launch", "spring", "--detach", env=env).exit_code == 0
+    db = Database.open(os.environ["CAMPAIGN_DATABASE_URL"], migrate=False)
+    with db.session() as session:
+        campaign = campaigns.get(session, "spring")
+        ids = [m.id for m in campaign_messages(session, campaign.id)]
+        session.execute(update(Message).where(Message.id == ids[0]).values(state="failed", error_code=132012))
+        session.execute(update(Message).where(Message.id == ids[1]).values(state="failed", error_code=131026,
+                                                                             wamid="wamid.accepted"))
+        campaigns.engine_pause(session, campaign, "Meta error 190: token expired", 190)
+    assert spring("retry", "spring", "--error", "131026").stdout.startswith("0 failed messages")  # Meta accepted it
+    assert spring("retry", "spring").stdout.startswith("1 failed message of campaign 'spring' queued again")
+    assert spring("resume", "--sender", env=env).stdout.startswith("resumed 1 campaign: spring")
+    assert json.loads(spring("status", "spring", "--json").stdout)["counts"]["queued"] == 2
+    db.close()
+
+
+def campaign_messages(session, campaign_id: int):  # type: ignore[no-untyped-def]
+    return session.scalars(select(Message).where(Message.campaign_id == campaign_id).order_by(Message.id)).all()

@@ -81,16 +81,15 @@ def test_the_pair_rate_holds_the_recipient_longer_each_time_then_fails() -> None
     assert what(131056, pair_hits=MAX_PAIR_RETRIES).fate is Fate.FAIL
 
 
-def test_the_marketing_limit_waits_a_day_then_fails() -> None:
-    waiting = what(131049)
-    assert waiting.fate is Fate.RETRY and waiting.retry_after == 86400
-    assert what(131049, attempts=MAX_TRANSIENT_ATTEMPTS).fate is Fate.FAIL
-
-
 @pytest.mark.parametrize("source", [SEND, STATUS])
-def test_the_marketing_limit_holds_the_contact_from_either_source_however_often(source: Source) -> None:
-    for attempts in (1, MAX_TRANSIENT_ATTEMPTS):
-        assert what(131049, source, attempts=attempts).limit_marketing_for == 86400
+def test_the_marketing_limit_is_a_wait_from_either_source_a_bounded_number_of_times(source: Source) -> None:
+    waiting = consequence(rule_for(131049), source=source, attempts=1, marketing_waits=2, marketing_retries=3,
+                          marketing_retry_after=600)
+    assert (waiting.fate, waiting.retry_after, waiting.marketing_wait) == (Fate.RETRY, 600, True)
+    spent = consequence(rule_for(131049), source=source, attempts=1, marketing_waits=3, marketing_retries=3,
+                        marketing_retry_after=600)
+    assert spent.fate is Fate.FAIL and spent.gave_up
+    assert waiting.limit_marketing_for == spent.limit_marketing_for == 600  # the contact waits as long
 
 
 @pytest.mark.parametrize("source", [SEND, STATUS])
@@ -100,13 +99,22 @@ def test_contact_effects_are_the_same_from_either_source(source: Source) -> None
     assert not what(100, source).unreachable and not what(100, source).suppress
 
 
+def test_parameters_meta_refuses_pause_the_campaign_they_will_not_fix_themselves() -> None:
+    for code in (131008, 132018):
+        assert what(code).pause is Pause.CAMPAIGN
+
+
+def test_a_media_failure_fails_the_message_and_may_pause_the_campaign_when_most_fail() -> None:
+    assert what(131053, STATUS).fate is Fate.FAIL and rule_for(131053).pause_when_most
+
+
 def test_a_doomed_campaign_or_sender_pauses_and_holds_an_unsent_message() -> None:
     assert (what(132001).fate, what(132001).pause) == (Fate.HOLD, Pause.CAMPAIGN)
     assert (what(190).fate, what(190).pause) == (Fate.HOLD, Pause.SENDER)
 
 
 def test_a_failed_status_is_final_for_the_message_meta_had_accepted() -> None:
-    for code in (131000, 130429, 131056, 131026, 131049):
+    for code in (131000, 130429, 131056, 131026):
         assert what(code, STATUS).fate is Fate.FAIL, code
     assert (what(132015, STATUS).fate, what(132015, STATUS).pause) == (Fate.FAIL, Pause.CAMPAIGN)
 

@@ -15,7 +15,7 @@ HOUR = timedelta(hours=1)
 
 
 def recipient(**kwargs: object) -> Recipient:
-    return Recipient(**{"suppressed": False, "last_inbound_at": None, "ever_messaged": True, **kwargs})  # type: ignore[arg-type]
+    return Recipient(**{"suppressed": False, "last_inbound_at": None, **kwargs})  # type: ignore[arg-type]
 
 
 def test_the_window_is_24_hours_from_the_users_last_message() -> None:
@@ -32,10 +32,26 @@ def test_free_form_only_inside_an_open_window() -> None:
     assert decision.choice is Choice.TEMPLATE and decision.business_initiated
 
 
-def test_first_contact_is_always_a_template() -> None:
-    first = recipient(last_inbound_at=NOW - HOUR, ever_messaged=False)
-    decision = choose_message(first, has_template=True, has_text=True, marketing=False, now=NOW)
-    assert decision.choice is Choice.TEMPLATE and not decision.business_initiated  # the user wrote in: window open
+def test_someone_who_wrote_first_gets_the_free_form_text_and_the_business_writing_first_a_template() -> None:
+    wrote_first = recipient(last_inbound_at=NOW - HOUR)  # never messaged by the business
+    assert choose_message(wrote_first, has_template=True, has_text=True, marketing=False, now=NOW).choice is Choice.TEXT
+    never_wrote = choose_message(recipient(), has_template=True, has_text=True, marketing=False, now=NOW)
+    assert never_wrote.choice is Choice.TEMPLATE and never_wrote.business_initiated
+
+
+def test_marketing_never_goes_to_united_states_numbers_but_utility_does() -> None:
+    us = recipient(in_united_states=True)
+    decision = choose_message(us, has_template=True, has_text=False, marketing=True, now=NOW)
+    assert decision.choice is Choice.SKIP and "United States" in decision.reason
+    assert choose_message(us, has_template=True, has_text=False, marketing=False, now=NOW).choice is Choice.TEMPLATE
+
+
+def test_a_known_unreachable_number_is_skipped_until_the_memory_expires() -> None:
+    failed = recipient(unreachable_at=NOW - 29 * 24 * HOUR)
+    decision = choose_message(failed, has_template=True, has_text=False, marketing=False, now=NOW)
+    assert decision.choice is Choice.SKIP and "131026" in decision.reason
+    later = choose_message(failed, has_template=True, has_text=False, marketing=False, now=NOW + 2 * 24 * HOUR)
+    assert later.choice is Choice.TEMPLATE
 
 
 def test_no_template_and_a_closed_window_is_skipped() -> None:
@@ -48,9 +64,10 @@ def test_suppressed_is_skipped_whatever_the_window() -> None:
     assert decision.choice is Choice.SKIP and "suppression" in decision.reason
 
 
-def test_the_marketing_limit_holds_marketing_but_not_utility() -> None:
+def test_the_marketing_limit_holds_marketing_until_it_lifts_but_not_utility() -> None:
     limited = recipient(marketing_limited_until=NOW + HOUR)
-    assert choose_message(limited, has_template=True, has_text=False, marketing=True, now=NOW).choice is Choice.SKIP
+    waiting = choose_message(limited, has_template=True, has_text=False, marketing=True, now=NOW)
+    assert (waiting.choice, waiting.until) == (Choice.WAIT, NOW + HOUR)
     assert choose_message(limited, has_template=True, has_text=False, marketing=False, now=NOW).choice is Choice.TEMPLATE
 
 

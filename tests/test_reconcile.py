@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from campaign.config import Settings
 from campaign.db import Database
@@ -398,6 +398,27 @@ def test_a_batch_that_fails_to_apply_is_retried_event_by_event_and_only_the_culp
     assert errors[0] is None and errors[2] is None and "RuntimeError" in (errors[1] or "")
 
 
+def test_the_marketing_limit_by_webhook_puts_the_message_back_to_wait_and_retires_the_old_send(db: Database) -> None:
+    mid = seed(db)
+    deliver(db, body(status("wamid.A", "failed", T, code=131049)), marketing_retry_after=600)
+    waiting = message(db, mid)
+    assert (waiting.state, waiting.wamid, waiting.marketing_waits) == ("queued", None, 1)
+    assert waiting.next_attempt_at == utc(T + 600) and waiting.error_code == 131049
+    assert contact(db).marketing_limited_until == utc(T + 600)
+    # Late news of the old send changes nothing, even when it carries the message's id.
+    deliver(db, body(status("wamid.A", "delivered", T + 5, callback=callback_data(mid)),
+                     status("wamid.A", "failed", T, code=131049)), marketing_retry_after=600)
+    assert message(db, mid).state == "queued" and message(db, mid).marketing_waits == 1
+
+
+def test_the_marketing_limit_fails_the_message_once_its_waits_are_spent(db: Database) -> None:
+    mid = seed(db)
+    with db.session() as session:
+        session.execute(update(Message).where(Message.id == mid).values(marketing_waits=3))
+    deliver(db, body(status("wamid.A", "failed", T, code=131049)), marketing_retries=3)
+    assert message(db, mid).state == "failed"
+
+
 def _campaign_traffic(ids: dict[str, int]) -> list[bytes]:
     """Statuses for a few messages, failures included, and an opt-out / opt-in exchange."""
     return [
@@ -425,7 +446,8 @@ def test_the_same_events_twice_or_in_any_order_give_the_same_states(db: Database
     traffic = _campaign_traffic(ids)
     deliver(db, *traffic)
     expected = snapshot(db)
-    assert [s[1] for s in expected] == ["read", "read", "failed", "failed", "read"]
+    # D failed with 131049, Meta's per-user marketing limit: it waits in the queue to go again.
+    assert [s[1] for s in expected] == ["read", "read", "failed", "queued", "read"]
 
     rng = random.Random(7)
     for attempt in range(3):
