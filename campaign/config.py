@@ -50,6 +50,11 @@ class Settings:
     """How many times such a message goes again before it fails for good."""
     unreachable_days: float = 30.0
     """A number that failed with 131026 is skipped by later campaigns for this many days."""
+    breaker_window: int = 300
+    """The failure-rate breaker judges each campaign's latest this-many outcomes..."""
+    breaker_threshold: float = 0.3
+    """...and pauses it when more than this share failed with errors that hurt the number's
+    quality rating (breaker.py); 0 turns it off."""
 
     def secrets(self) -> list[str]:
         return [s for s in (self.access_token, self.app_secret, self.verify_token) if s]
@@ -79,8 +84,11 @@ _VARIABLES: dict[str, tuple[str, type]] = {
     "CAMPAIGN_MARKETING_RETRY_AFTER": ("marketing_retry_after", float),
     "CAMPAIGN_MARKETING_RETRIES": ("marketing_retries", int),
     "CAMPAIGN_UNREACHABLE_DAYS": ("unreachable_days", float),
+    "CAMPAIGN_BREAKER_WINDOW": ("breaker_window", int),
+    "CAMPAIGN_BREAKER_THRESHOLD": ("breaker_threshold", float),
 }
-_ZERO_ALLOWED = {"pair_interval", "send_grace", "marketing_retry_after", "marketing_retries", "unreachable_days"}
+_ZERO_ALLOWED = {"pair_interval", "send_grace", "marketing_retry_after", "marketing_retries", "unreachable_days",
+                 "breaker_threshold"}
 assert {name for name, _ in _VARIABLES.values()} <= {f.name for f in fields(Settings)}
 
 

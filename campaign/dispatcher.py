@@ -123,6 +123,8 @@ class _Block:
     messages: list[Claimed]
     start: float
     rate: float
+    cap: float
+    """The sender's cap when the block was prepared: what the per-send guard holds to."""
 
 
 class Dispatcher:
@@ -350,7 +352,7 @@ class Dispatcher:
                     if message.campaign_id not in self._campaigns:
                         await self._unmark([message.id])
                         continue
-                    await self._local_guard.acquire(sender)
+                    await self._local_guard.acquire(sender, cap=max(1, math.floor(block.cap * GUARD_HEADROOM)))
                     self._marked.discard(message.id)
                     task = asyncio.create_task(self._send_one(sender, message))
                     self._in_flight.add(task)
@@ -376,7 +378,7 @@ class Dispatcher:
         fresh = await self._still_running([queue.popleft() for _ in range(min(len(queue), size - len(ready)))])
         if not ready and not fresh:
             return None
-        await self._shared_guard.acquire(sender, len(ready) + len(fresh))
+        await self._shared_guard.acquire(sender, len(ready) + len(fresh), cap=math.floor(cap))
         # Slots start a little ahead, so marking the block in flight never makes them late.
         start, rate = await self._db_now(self.lanes.reserve, sender, len(ready) + len(fresh), cap * PACE,
                                          self.clock.time() + SLOT_LEAD)
@@ -390,7 +392,7 @@ class Dispatcher:
                 log.warning("%d claimed messages were no longer ours (lease expired): not sent by this worker",
                             len(ids) - len(marked))
             ready += [m for m in fresh if m.id in marked]
-        return _Block(ready, start, rate)
+        return _Block(ready, start, rate, cap)
 
     async def _unmark(self, ids: list[int]) -> None:
         if ids:

@@ -25,25 +25,26 @@ from sqlalchemy import make_url
 
 
 class RateGuard(Protocol):
-    async def acquire(self, sender: str, weight: int = 1) -> None: ...
+    async def acquire(self, sender: str, weight: int = 1, cap: int | None = None) -> None: ...
 
     def close(self) -> None: ...
 
 
 class _PerSender:
-    """One limiter per sender: pyrate's SingleBucketFactory ignores the item name."""
+    """One limiter per sender and cap: pyrate's SingleBucketFactory ignores the item name,
+    and a sender's cap can change while a worker runs (Meta raises a number's throughput)."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self._limiters: dict[str, Limiter] = {}
+        self._limiters: dict[tuple[str, int], Limiter] = {}
 
     def _bucket(self, sender: str, rates: list[Rate]):  # type: ignore[no-untyped-def]
         raise NotImplementedError
 
-    def _limiter(self, sender: str) -> Limiter:
-        if sender not in self._limiters:
-            self._limiters[sender] = Limiter(self._bucket(sender, [Rate(self.cap, Duration.SECOND)]), buffer_ms=5)
-        return self._limiters[sender]
+    def _limiter(self, sender: str, cap: int) -> Limiter:
+        if (sender, cap) not in self._limiters:
+            self._limiters[(sender, cap)] = Limiter(self._bucket(sender, [Rate(cap, Duration.SECOND)]), buffer_ms=5)
+        return self._limiters[(sender, cap)]
 
     def close(self) -> None:
         for limiter in self._limiters.values():
@@ -55,8 +56,9 @@ class LocalGuard(_PerSender):
     def _bucket(self, sender: str, rates: list[Rate]) -> InMemoryBucket:
         return InMemoryBucket(rates)
 
-    async def acquire(self, sender: str, weight: int = 1) -> None:
-        await self._limiter(sender).try_acquire_async(sender, weight=min(weight, self.cap))
+    async def acquire(self, sender: str, weight: int = 1, cap: int | None = None) -> None:
+        cap = max(1, cap or self.cap)
+        await self._limiter(sender, cap).try_acquire_async(sender, weight=min(weight, cap))
 
 
 class SharedGuard(_PerSender):
@@ -85,9 +87,10 @@ class SharedGuard(_PerSender):
         path = Path(url.database or "campaign.db").expanduser()
         return SQLiteBucket.init_from_file(rates, table=table, db_path=f"{path}.send-cap", use_file_lock=True)
 
-    async def acquire(self, sender: str, weight: int = 1) -> None:
-        limiter = self._limiter(sender)
-        await asyncio.to_thread(limiter.try_acquire, sender, min(weight, self.cap))
+    async def acquire(self, sender: str, weight: int = 1, cap: int | None = None) -> None:
+        cap = max(1, cap or self.cap)
+        limiter = self._limiter(sender, cap)
+        await asyncio.to_thread(limiter.try_acquire, sender, min(weight, cap))
 
     def close(self) -> None:
         super().close()

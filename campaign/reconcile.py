@@ -62,6 +62,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from campaign import campaigns, contacts, errors, health
+from campaign.breaker import FailureBreaker, Trip
 from campaign.db import Database
 from campaign.clock import SYSTEM, Clock
 from campaign.events import (InboundItem, Malformed, ParsedEvent, PreferenceItem, SenderItem, StatusItem,
@@ -116,6 +117,7 @@ class _Rules:
     marketing_retries: int = 3
     marketing_retry_after: float = 86400.0
     default_sender: str | None = None
+    breaker: FailureBreaker | None = None
 
 
 @dataclass
@@ -151,6 +153,8 @@ _UPDATE_ROW = (
 )
 
 
+_NOT_YET_OUT = frozenset({MessageState.QUEUED.value, MessageState.SENDING.value, MessageState.SENT.value})
+
 _REQUEUE = (
     update(Message.__table__)
     .where(Message.__table__.c.id == bindparam("mid"), Message.__table__.c.wamid == bindparam("old"),
@@ -181,6 +185,7 @@ def reconcile_once(
     marketing_retries: int = 3,
     marketing_retry_after: float = 86400.0,
     default_sender: str | None = None,
+    breaker: FailureBreaker | None = None,
     write_lock: AbstractContextManager[Any] | None = None,
     clock: Clock = SYSTEM,
 ) -> ReconcileStats:
@@ -200,6 +205,7 @@ def reconcile_once(
         marketing_retries=marketing_retries,
         marketing_retry_after=marketing_retry_after,
         default_sender=default_sender,
+        breaker=breaker,
     )
     lock = write_lock if write_lock is not None else contextlib.nullcontext()
     total = ReconcileStats()
@@ -419,6 +425,7 @@ def _apply_statuses(session: Session, statuses: list[tuple[StatusItem, _Source]]
     new_pending: list[dict[str, Any]] = []
     resolved_pending: list[int] = []
     failures: list[tuple[_Row, StatusItem]] = []
+    outcomes: list[tuple[int, int | None, datetime]] = []
     for item, source in statuses:
         row = by_wamid.get(item.wamid)
         message_id = parse_callback_data(item.callback_data)
@@ -441,8 +448,12 @@ def _apply_statuses(session: Session, statuses: list[tuple[StatusItem, _Source]]
                     "first_seen_at": source.received_at, "orphaned_at": None,
                 })
             continue
+        before = row.state
         _merge_into(row, item)
         applied += 1
+        if before in _NOT_YET_OUT and row.state not in _NOT_YET_OUT:
+            # Each message's outcome once, for the breaker: delivered or read, or failed with its code.
+            outcomes.append((row.campaign_id, item.error.code if row.state == "failed" and item.error else None, item.at))
         if source.pending_id is not None:
             resolved_pending.append(source.pending_id)
         if item.status == "failed" and item.error is not None:
@@ -457,6 +468,9 @@ def _apply_statuses(session: Session, statuses: list[tuple[StatusItem, _Source]]
         session.execute(delete(PendingStatus).where(PendingStatus.id.in_(chunk)))
     if failures:
         _apply_error_table(session, failures, now, notes, rules)
+    if rules.breaker is not None and outcomes:
+        for trip in rules.breaker.record(outcomes):
+            _trip(session, trip, rules.breaker.threshold, now, notes)
     return applied
 
 
@@ -520,6 +534,15 @@ def _apply_error_table(session: Session, failures: list[tuple[_Row, StatusItem]]
         _pause_if_most_failed(session, campaign_id, now, notes)
     for campaign_id, (code, at, pause) in sorted(pauses.items()):
         _pause_for(session, campaign_id, code, at, pause, now, notes, rules)
+
+
+def _trip(session: Session, trip: Trip, threshold: float, now: datetime, notes: list[tuple[int, str]]) -> None:
+    campaign = session.get(Campaign, trip.campaign_id)
+    if campaign is None or (campaign.paused_at is not None and trip.at <= campaign.paused_at):
+        return  # old news: the user resumed it after these outcomes
+    reason = trip.reason(threshold)
+    if campaigns.engine_pause(session, campaign, reason, None, now=now):
+        notes.append((logging.WARNING, f"campaign {campaign.name!r} paused: {reason}"))
 
 
 def _retired(session: Session, wamids: set[str]) -> set[str]:

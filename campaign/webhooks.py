@@ -32,6 +32,7 @@ from starlette.routing import Route
 from campaign.config import Settings
 from campaign.db import Database, _one_line, is_sqlite
 from campaign.exceptions import CampaignError
+from campaign.breaker import FailureBreaker
 from campaign.clock import SYSTEM, Clock, utcnow
 from campaign.inbound import DEFAULT_OPT_IN_WORDS, DEFAULT_OPT_OUT_WORDS
 from campaign.models import WebhookEvent
@@ -122,7 +123,9 @@ def create_app(
                                   "orphan_after": orphan_after, "write_lock": write_lock, "clock": clock,
                                   "marketing_retries": settings.marketing_retries,
                                   "marketing_retry_after": settings.marketing_retry_after,
-                                  "default_sender": settings.phone_number_id}) if reconcile else None
+                                  "default_sender": settings.phone_number_id,
+                                  "breaker": FailureBreaker(window=settings.breaker_window,
+                                                            threshold=settings.breaker_threshold)}) if reconcile else None
 
     def store(body: bytes) -> bool:
         with write_lock:

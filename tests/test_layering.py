@@ -12,7 +12,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "campaign"
 
-PURE = ("campaign.binding", "campaign.clock", "campaign.errors", "campaign.events", "campaign.payloads",
+PURE = ("campaign.binding", "campaign.breaker", "campaign.clock", "campaign.errors", "campaign.events", "campaign.payloads",
         "campaign.phone", "campaign.policy", "campaign.states", "campaign.statuses", "campaign.templates")
 """Rules with no I/O: tested directly, importable without a database or an HTTP stack."""
 IO_LIBRARIES = ("sqlalchemy", "alembic", "aiohttp", "httpx", "starlette", "uvicorn", "psycopg", "pandas", "pyarrow",
