@@ -5,7 +5,9 @@ status webhook) both apply what it says, and the report reads the table for what
 failure means and what to do about it.
 
 Source: whatsapp-cloud-api.md, "Error codes" (Meta's error-code reference). Branch on the
-code, never on the message text. Pure data and rules, no I/O.
+code, never on the message text. Pure data and rules, no I/O. `error_subcode` is read into
+GraphError for the logs but never decides anything: Meta deprecated it and leaves it out of
+v16.0+ answers ("build error handling around code and details").
 """
 
 from __future__ import annotations

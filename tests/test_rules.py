@@ -19,7 +19,7 @@ from campaign import campaigns, sending
 from campaign.clock import utcnow
 from campaign.config import Settings
 from campaign.db import Database
-from campaign.models import Contact, Message
+from campaign.models import Campaign, Contact, Message
 from campaign.sandbox.config import SandboxConfig
 from campaign.sandbox.server import BackgroundServer, SandboxServer
 from campaign.webhooks import create_app
@@ -46,7 +46,8 @@ def meta(db: Database) -> Iterator[Meta]:
     """The sandbox posting signed webhooks to the engine's receiver, which reconciles them."""
     settings = Settings(database_url="unused", access_token=TOKEN, app_secret=SECRET, verify_token="v",
                         phone_number_id=SENDER, business_account_id=WABA, pair_interval=0,
-                        marketing_retry_after=1.0)  # Meta's day, shortened: the receiver and the worker agree
+                        marketing_retry_after=1.0,  # Meta's day, shortened: the receiver and the worker agree
+                        breaker_window=20)  # the failure-rate breaker judges 20 outcomes, not 300
     with BackgroundServer(create_app(db, settings)) as receiver:
         config = SandboxConfig(access_token=TOKEN, app_secret=SECRET, phone_number_id=SENDER, waba_id=WABA,
                                latency_ms=(1, 3), pair_interval=0, seed=5, webhook_url=f"{receiver.url}/webhook",
@@ -86,8 +87,9 @@ def work_until(meta: Meta, done: Callable[[], bool], *, timeout: float = 20.0, s
     def run() -> None:
         async def main() -> None:
             loop_holder["loop"] = asyncio.get_running_loop()
-            dispatcher = sending.build_dispatcher(meta.db, settings or meta.settings, mps=200, pair_interval=0,
-                                                  retry_base=0.05, poll_interval=0.05, recover_every=0.5, **config)
+            options = {"mps": 200, "pair_interval": 0, "retry_base": 0.05, "poll_interval": 0.05,
+                       "recover_every": 0.5, **config}
+            dispatcher = sending.build_dispatcher(meta.db, settings or meta.settings, **options)
             await dispatcher.run(stop=stop)
 
         asyncio.run(main())
@@ -181,3 +183,73 @@ def test_a_token_error_on_one_worker_pauses_the_senders_campaigns_on_every_worke
     assert states(meta.db, one) == {"queued": 1} and states(meta.db, two) == {"queued": 1}
     with meta.db.session() as session:
         assert sorted(campaigns.resume_sender(session, SENDER, SENDER)) == ["one", "two"]
+
+
+def test_a_template_paused_mid_campaign_stops_its_sends_within_5_s_and_nothing_else(meta: Meta) -> None:
+    spring = campaign(meta, "spring", [f"+4915123{i:06d}" for i in range(1000, 1300)], mps=10)
+    orders = campaign(meta, "orders", [f"+4915123{i:06d}" for i in range(2000, 2300)], template="order_update",
+                      category="utility", mps=10)  # 20 MPS in all: each runs for half a minute
+    control: dict[str, float] = {}
+
+    def paused_then_watched() -> bool:
+        if "at" not in control:
+            if sum(e["template_name"] == "spring_sale" for e in meta.ledger() if e["outcome"] == "accepted") >= 20:
+                control["at"] = time.time()
+                meta.sandbox.template_status("spring_sale", "en_US", "PAUSED", reason="LOW_QUALITY")
+            return False
+        return time.time() > control["at"] + 6.5
+
+    work_until(meta, paused_then_watched, timeout=14)
+    at, ledger = control["at"], meta.ledger()
+    late = [e for e in ledger if e["template_name"] == "spring_sale" and e["wall"] > at + 5]
+    assert late == [], f"{len(late)} spring_sale requests more than 5 s after the pause, the last at +{late[-1]['wall'] - at:.1f} s"
+    after = [e["wall"] - at for e in ledger if e["template_name"] == "order_update" and e["outcome"] == "accepted"
+             and e["wall"] > at]
+    assert len(after) >= 30 and max(after) > 5, "order_update stopped with the paused template"
+    with meta.db.read_session() as session:
+        paused, running = session.get(Campaign, spring), session.get(Campaign, orders)
+        assert paused is not None and running is not None
+        assert paused.state == "paused" and "spring_sale" in (paused.pause_reason or ""), paused.pause_reason
+        assert running.state == "running" and running.pause_reason is None
+    assert states(meta.db, orders).get("queued", 0) > 0  # still going when the test stopped it
+
+
+def test_131050_blocks_marketing_but_not_utility(meta: Meta) -> None:
+    opted, other = "+4915123000141", "+4915123000142"
+    meta.sandbox.patch_config(marketing_opted_out=[opted])
+    first = campaign(meta, "promo", [opted, other])
+    work_until(meta, lambda: states(meta.db, first).get("failed", 0) == 1 and settled(meta.db, first)())
+    with meta.db.read_session() as session:
+        failure = session.execute(select(Message.state, Message.error_code).join(Contact)
+                                  .where(Message.campaign_id == first, Contact.phone == opted)).one()
+    assert tuple(failure) == ("failed", 131050)
+    entry = next(e for e in meta.ledger() if e["to"] == opted)
+    assert entry["outcome"] == "accepted" and entry["failure_code"] == 131050  # accepted, then failed by webhook
+
+    receipt = campaign(meta, "receipt", [opted, other], template="order_update", category="utility")
+    work_until(meta, settled(meta.db, receipt))
+    later = campaign(meta, "promo-2", [opted, other])
+    work_until(meta, settled(meta.db, later))
+
+    sent = [(e["to"], e["template_name"]) for e in meta.ledger() if e["outcome"] == "accepted"]
+    assert sent.count((opted, "order_update")) == 1  # the utility template still reaches them
+    assert sent.count((opted, "spring_sale")) == 1  # only the first campaign tried marketing
+    assert sent.count((other, "spring_sale")) == 2 and sent.count((other, "order_update")) == 1
+    assert states(meta.db, receipt).get("skipped", 0) == 0
+    assert states(meta.db, later).get("skipped", 0) == 1
+
+
+def test_the_breaker_pauses_a_campaign_whose_numbers_are_mostly_unreachable(meta: Meta) -> None:
+    numbers = [f"+49151230002{i:02d}" for i in range(60)]
+    meta.sandbox.patch_config(not_on_whatsapp=numbers[::3] + numbers[1::3])  # two in three are gone
+    campaign_id = campaign(meta, "stale", numbers, template="order_update", category="utility")
+
+    def paused() -> bool:
+        with meta.db.read_session() as session:
+            return campaigns.get(session, "stale").state == "paused"
+
+    work_until(meta, paused, mps=10)
+    with meta.db.read_session() as session:
+        reason = campaigns.get(session, "stale").pause_reason or ""
+    assert "failure-rate breaker" in reason and "131026" in reason
+    assert states(meta.db, campaign_id).get("queued", 0) > 0  # stopped before the end of the list

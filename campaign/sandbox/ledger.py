@@ -212,9 +212,12 @@ def compute_figures(entries: Iterable[LedgerEntry]) -> LedgerFigures:
             content = (entry.wa_id, entry.content_key)
             dup_content = content in seen_content
             dup_callback = entry.callback_data is not None and entry.callback_data in seen_callback
-            seen_content.add(content)
-            if entry.callback_data is not None:
-                seen_callback.add(entry.callback_data)
+            # A send that Meta failed (131049, 131026, ...) reached nobody: sending it again is
+            # no duplicate. Only what was delivered counts as had.
+            if entry.failure_code is None:
+                seen_content.add(content)
+                if entry.callback_data is not None:
+                    seen_callback.add(entry.callback_data)
             figures.duplicate_content += dup_content
             figures.duplicate_callback_data += dup_callback
             figures.duplicate_sends += dup_content or dup_callback
