@@ -609,6 +609,7 @@ def reconcile(app: AppContext, replay: bool) -> None:
     click.echo(
         f"events {stats.events}, statuses applied {stats.statuses_applied}, inbound {stats.inbound}, "
         f"waiting for their message {stats.pending}, orphaned {stats.orphaned}, malformed {stats.errors}"
+        + (f", from unknown user ids {stats.unmatched} (kept)" if stats.unmatched else "")
     )
 
 

@@ -46,6 +46,10 @@ from campaign.statuses import STATUS_WORDS, StatusError
 _NOT_WINDOW_OPENING = frozenset({"system", "revoke", "reaction", "edit", "deleted", "ephemeral"})
 _WA_ID = re.compile(r"[1-9][0-9]{5,14}")
 """A WhatsApp user id as Meta sends it: the E.164 digits without `+` (at most 15)."""
+BSUID = re.compile(r"[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}")
+"""A business-scoped user id (`US.13491208655302741918`; a parent one has `ENT.`):
+whatsapp-usernames.md §1. Since 2026 every messages webhook carries one, and a user with a
+username may come with no phone number at all (`from`, `wa_id`, `recipient_id` absent)."""
 _MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
 _MAX_ERROR_CODE = 2**53
 _QUALITY = {"GREEN": 3, "YELLOW": 2, "RED": 1}
@@ -77,11 +81,14 @@ class StatusItem:
     pricing_category: str | None
     error: StatusError | None
     payload: dict[str, Any]
+    recipient_user_id: str | None = None
+    """The recipient's BSUID (`recipient_user_id`): absent on a `failed` sent to a phone."""
 
 
 @dataclass(frozen=True)
 class InboundItem:
-    wa_id: str
+    wa_id: str | None
+    """The sender's phone digits (`from`); None when Meta withholds the number."""
     at: datetime
     type: str
     words: tuple[str, ...]
@@ -98,13 +105,16 @@ class InboundItem:
     """The button's text, or the interactive reply's title."""
     text: str | None = None
     """A `text` message's body."""
+    user_id: str | None = None
+    """The sender's BSUID (`from_user_id`)."""
 
 
 @dataclass(frozen=True)
 class PreferenceItem:
-    wa_id: str
+    wa_id: str | None
     at: datetime
     value: str
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +266,7 @@ def parse_status(raw: dict[str, Any]) -> StatusItem | None:
         status=status,
         at=at,
         recipient_id=recipient if recipient and _WA_ID.fullmatch(recipient) else None,
+        recipient_user_id=_bsuid(raw.get("recipient_user_id")),
         callback_data=callback,
         pricing_category=category[:32] if category else None,
         error=error,
@@ -264,12 +275,17 @@ def parse_status(raw: dict[str, Any]) -> StatusItem | None:
 
 
 def _parse_inbound(raw: dict[str, Any], event: ParsedEvent) -> None:
-    sender = _str(raw.get("from"), "messages[].from")
+    phone = _opt_str(raw.get("from"), "messages[].from")
+    user_id = _bsuid(raw.get("from_user_id"))
     at = _time(raw.get("timestamp"), "messages[].timestamp")
     kind = _opt_str(raw.get("type"), "messages[].type") or "unknown"
-    if not _WA_ID.fullmatch(sender):
-        event.notes.append((logging.INFO, f"inbound {kind} from {sender[:40]!r} ignored: not a phone number"))
+    if phone is not None and not _WA_ID.fullmatch(phone):
+        phone = None  # `from` never carries a BSUID (whatsapp-usernames.md §2)
+    if phone is None and user_id is None:
+        event.notes.append((logging.INFO, f"inbound {kind} from {_short(raw.get('from'), 40)!r} ignored: "
+                                          "neither a phone number nor a user id"))
         return
+    sender = phone or user_id
     if kind in _NOT_WINDOW_OPENING:
         event.notes.append((logging.INFO, f"inbound {kind} from {sender} kept, not applied"))
         return
@@ -288,7 +304,7 @@ def _parse_inbound(raw: dict[str, Any], event: ParsedEvent) -> None:
     words = [text] + [w for choice in choices for w in choice]
     payload, label = next(((p, t) for p, t in choices if p or t), (None, None))
     event.inbound.append(InboundItem(
-        sender, at, kind, tuple(w for w in words if w),
+        phone, at, kind, tuple(w for w in words if w), user_id=user_id,
         message_id=_wamid_or_none(raw.get("id")) or "",
         context_id=_wamid_or_none(_get(raw, "context", "id")),
         payload=payload or None, label=label or None, text=text or None,
@@ -302,14 +318,23 @@ def _wamid_or_none(value: Any) -> str | None:
 
 
 def _parse_preference(raw: dict[str, Any], event: ParsedEvent) -> None:
-    wa_id = _str(raw.get("wa_id"), "user_preferences[].wa_id")
+    wa_id = _opt_str(raw.get("wa_id"), "user_preferences[].wa_id")
+    user_id = _bsuid(raw.get("user_id"))
     value = _str(raw.get("value"), "user_preferences[].value")
     category = _opt_str(raw.get("category"), "user_preferences[].category")
     at = _time(raw.get("timestamp"), "user_preferences[].timestamp")
-    if category != "marketing_messages" or value not in ("stop", "resume", "signup") or not _WA_ID.fullmatch(wa_id):
-        event.notes.append((logging.INFO, f"user preference {_short(category)}={_short(value)} for {wa_id[:40]!r} ignored"))
+    if wa_id is not None and not _WA_ID.fullmatch(wa_id):
+        wa_id = None
+    if category != "marketing_messages" or value not in ("stop", "resume", "signup") or (wa_id or user_id) is None:
+        event.notes.append((logging.INFO, f"user preference {_short(category)}={_short(value)} for "
+                                          f"{_short(raw.get('wa_id') or raw.get('user_id'), 40)!r} ignored"))
         return
-    event.preferences.append(PreferenceItem(wa_id, at, value))
+    event.preferences.append(PreferenceItem(wa_id, at, value, user_id))
+
+
+def _bsuid(value: Any) -> str | None:
+    """A BSUID, or None for anything else: an odd id never rejects a body whose STOP counts."""
+    return value if isinstance(value, str) and BSUID.fullmatch(value) else None
 
 
 def _note_template_status(value: dict[str, Any], event: ParsedEvent) -> None:

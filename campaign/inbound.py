@@ -34,13 +34,15 @@ second): like status timestamps, a min, so answers in any order, or twice, end t
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, delete, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from campaign.events import InboundItem, PreferenceItem
-from campaign.models import Campaign, Contact, Message, Suppression
+from campaign.models import Campaign, Contact, Message, Suppression, UnmatchedInbound
 from campaign.states import SuppressionScope, SuppressionSource
 from campaign.sql import batches, insert_ignore
 from campaign.statuses import bound_payloads, parse_quick_reply_payload
@@ -270,3 +272,101 @@ def _answer_key(answer: tuple[datetime, str | None]) -> tuple[datetime, bool, st
     """Earliest first; in the same second, by content (a text before none), never by arrival."""
     at, reply = answer
     return (at, reply is None, reply or "")
+
+
+# -- identities: phone numbers and business-scoped user ids ---------------------------------------
+
+
+def learn_user_ids(session: Session, pairs: list[tuple[int, str]]) -> None:
+    """(contact id, BSUID) pairs Meta reported together (a status of a send to that contact,
+    an inbound message with both `from` and `from_user_id`): kept on the contact, unless
+    another contact already has that BSUID (a changed number; re-keying is for later)."""
+    wanted = dict(pairs)
+    unknown: set[int] = set()
+    for chunk in batches(sorted(wanted)):  # most contacts learned theirs from an earlier status
+        unknown.update(session.scalars(select(Contact.id).where(Contact.id.in_(chunk), Contact.user_id.is_(None))))
+    other = aliased(Contact)
+    for contact_id in sorted(unknown):
+        user_id = wanted[contact_id]
+        taken = select(other.id).where(other.user_id == user_id).exists()
+        session.execute(update(Contact).where(Contact.id == contact_id, Contact.user_id.is_(None), ~taken)
+                        .values(user_id=user_id))
+
+
+def resolve_identities(session: Session, inbound: list[InboundItem], preferences: list[PreferenceItem],
+                       now: datetime) -> tuple[list[InboundItem], list[PreferenceItem], int]:
+    """Items that came with a BSUID and no phone number get their contact's number, found by
+    the BSUID; the ones no contact has yet are kept in `unmatched_inbound` (an opt-out is
+    never dropped for want of a number) and applied when a webhook links the BSUID to a
+    contact (`apply_unmatched`). Items with both teach the contact its BSUID first.
+    Returns the items to apply now and how many were kept for later."""
+    with_both = {i.wa_id: i.user_id for i in [*inbound, *preferences] if i.wa_id and i.user_id}
+    if with_both:
+        people = _known_contacts(session, set(with_both))
+        learn_user_ids(session, [(c.id, with_both[w]) for w, cs in people.items() for c in cs])
+        session.flush()
+    bsuid_only = {i.user_id for i in [*inbound, *preferences] if i.wa_id is None and i.user_id}
+    numbers = _numbers_of(session, bsuid_only)
+    kept: list[dict[str, Any]] = []
+    resolved_inbound: list[InboundItem] = []
+    resolved_preferences: list[PreferenceItem] = []
+    for item, kind, into in [*[(i, "inbound", resolved_inbound) for i in inbound],
+                             *[(p, "preference", resolved_preferences) for p in preferences]]:
+        if item.wa_id is not None:
+            into.append(item)  # type: ignore[arg-type]
+        elif item.user_id in numbers:
+            into.append(replace(item, wa_id=numbers[item.user_id]))  # type: ignore[arg-type]
+        elif item.user_id is not None:
+            kept.append({"user_id": item.user_id, "kind": kind, "at": item.at, "item": _as_json(item),
+                         "received_at": now})
+    if kept:
+        session.execute(insert(UnmatchedInbound), kept)
+    return resolved_inbound, resolved_preferences, len(kept)
+
+
+def apply_unmatched(session: Session, *, opt_out: frozenset[str], opt_in: frozenset[str]) -> int:
+    """Kept items whose BSUID a contact has now: applied as if they had just come, then
+    forgotten. Returns how many."""
+    rows = session.execute(
+        select(UnmatchedInbound.id, UnmatchedInbound.kind, UnmatchedInbound.item, Contact.wa_id, Contact.phone)
+        .join(Contact, Contact.user_id == UnmatchedInbound.user_id)
+        .order_by(UnmatchedInbound.at, UnmatchedInbound.id)
+    ).all()
+    if not rows:
+        return 0
+    inbound, preferences = [], []
+    for _, kind, item, wa_id, phone in rows:
+        number = wa_id or phone[1:]
+        if kind == "inbound":
+            inbound.append(replace(_inbound_from_json(item), wa_id=number))
+        else:
+            preferences.append(replace(_preference_from_json(item), wa_id=number))
+    apply_inbound(session, inbound, preferences, opt_out=opt_out, opt_in=opt_in)
+    apply_replies(session, inbound)
+    for chunk in batches([row[0] for row in rows]):
+        session.execute(delete(UnmatchedInbound).where(UnmatchedInbound.id.in_(chunk)))
+    return len(rows)
+
+
+def _numbers_of(session: Session, user_ids: set[str | None]) -> dict[str, str]:
+    """BSUID -> the phone digits of the contact that has it."""
+    found: dict[str, str] = {}
+    for chunk in batches(sorted(u for u in user_ids if u)):
+        for user_id, wa_id, phone in session.execute(
+                select(Contact.user_id, Contact.wa_id, Contact.phone).where(Contact.user_id.in_(chunk))):
+            found[user_id] = wa_id or phone[1:]
+    return found
+
+
+def _as_json(item: InboundItem | PreferenceItem) -> dict[str, Any]:
+    data = asdict(item)
+    data["at"] = item.at.isoformat()
+    return data
+
+
+def _inbound_from_json(data: dict[str, Any]) -> InboundItem:
+    return InboundItem(**{**data, "at": datetime.fromisoformat(data["at"]), "words": tuple(data["words"])})
+
+
+def _preference_from_json(data: dict[str, Any]) -> PreferenceItem:
+    return PreferenceItem(**{**data, "at": datetime.fromisoformat(data["at"])})

@@ -130,6 +130,9 @@ class Contact(Base):
     """E.164 with `+`."""
     wa_id: Mapped[str | None] = mapped_column(String(32))
     """Meta's canonical id, which may differ from the number (BR, MX, AR prefixes)."""
+    user_id: Mapped[str | None] = mapped_column(String(160), unique=True)
+    """The business-scoped user id (BSUID) Meta names the person by, learned from webhooks:
+    how an inbound message that comes without a phone number finds its contact."""
     wa_status: Mapped[str | None] = mapped_column(String(16))
     """Contacts check result: `valid` or `invalid`."""
     wa_checked_at: Mapped[datetime | None]
@@ -234,6 +237,23 @@ class RetiredWamid(Base):
     wamid: Mapped[str] = mapped_column(String(128), primary_key=True)
     message_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     retired_at: Mapped[datetime]
+
+
+class UnmatchedInbound(Base):
+    """An inbound message or marketing preference from a user known only by a BSUID that no
+    contact has yet: kept (an opt-out is never dropped) and applied when a webhook tells
+    which contact has that BSUID."""
+
+    __tablename__ = "unmatched_inbound"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(160), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """`inbound` or `preference`."""
+    at: Mapped[datetime]
+    item: Mapped[dict[str, Any]] = mapped_column()
+    """The parsed item (events.InboundItem / PreferenceItem) as JSON."""
+    received_at: Mapped[datetime]
 
 
 class MediaUpload(Base):

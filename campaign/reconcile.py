@@ -67,7 +67,15 @@ from campaign.db import Database
 from campaign.clock import SYSTEM, Clock
 from campaign.events import (InboundItem, Malformed, ParsedEvent, PreferenceItem, SenderItem, StatusItem,
                              TemplateStatusItem, parse_event, parse_status)
-from campaign.inbound import DEFAULT_OPT_IN_WORDS, DEFAULT_OPT_OUT_WORDS, apply_inbound, apply_replies
+from campaign.inbound import (
+    DEFAULT_OPT_IN_WORDS,
+    DEFAULT_OPT_OUT_WORDS,
+    apply_inbound,
+    apply_replies,
+    apply_unmatched,
+    learn_user_ids,
+    resolve_identities,
+)
 from campaign.models import Campaign, Contact, Message, PendingStatus, RetiredWamid, WebhookEvent
 from campaign.states import CampaignState, MessageState, SuppressionSource
 from campaign.sql import batches, insert_ignore
@@ -98,6 +106,9 @@ class ReconcileStats:
     """Statuses given up in this pass: no message turned up within the orphan limit."""
     errors: int = 0
     """Events marked processed with an error (malformed bodies)."""
+    unmatched: int = 0
+    """Inbound messages or preferences from a user known only by a BSUID no contact has yet:
+    kept, and applied once a webhook tells whose it is."""
 
     def add(self, other: ReconcileStats) -> None:
         for f in fields(self):
@@ -360,8 +371,14 @@ def _process(session: Session, events: list[_Event], now: datetime, rules: _Rule
         statuses += _resolvable_pending(session)
 
     stats.statuses_applied = _apply_statuses(session, statuses, now, notes, rules)
+    inbound, preferences, stats.unmatched = resolve_identities(session, inbound, preferences, now)
     stats.inbound = apply_inbound(session, inbound, preferences, opt_out=rules.opt_out, opt_in=rules.opt_in)
     stats.replies = apply_replies(session, inbound)
+    stats.inbound += apply_unmatched(session, opt_out=rules.opt_out, opt_in=rules.opt_in)
+    if stats.unmatched:
+        notes.append((logging.WARNING, f"{stats.unmatched} inbound message(s) or preference(s) from users known only by "
+                                       "a business-scoped user id no contact has yet: kept, and applied once a webhook "
+                                       "tells whose number it is"))
     health.apply_template_statuses(session, templates, now, notes)
     health.apply_sender_updates(session, senders, now, notes)
 
@@ -426,6 +443,7 @@ def _apply_statuses(session: Session, statuses: list[tuple[StatusItem, _Source]]
     resolved_pending: list[int] = []
     failures: list[tuple[_Row, StatusItem]] = []
     outcomes: list[tuple[int, int | None, datetime]] = []
+    known_recipients: list[tuple[_Row, StatusItem]] = []
     for item, source in statuses:
         row = by_wamid.get(item.wamid)
         message_id = parse_callback_data(item.callback_data)
@@ -449,6 +467,8 @@ def _apply_statuses(session: Session, statuses: list[tuple[StatusItem, _Source]]
                 })
             continue
         before = row.state
+        if item.recipient_user_id:
+            known_recipients.append((row, item))  # a status names the person we sent to by their BSUID
         _merge_into(row, item)
         applied += 1
         if before in _NOT_YET_OUT and row.state not in _NOT_YET_OUT:
@@ -468,6 +488,7 @@ def _apply_statuses(session: Session, statuses: list[tuple[StatusItem, _Source]]
         session.execute(delete(PendingStatus).where(PendingStatus.id.in_(chunk)))
     if failures:
         _apply_error_table(session, failures, now, notes, rules)
+    learn_user_ids(session, [(row.contact_id, item.recipient_user_id) for row, item in known_recipients])
     if rules.breaker is not None and outcomes:
         for trip in rules.breaker.record(outcomes):
             _trip(session, trip, rules.breaker.threshold, now, notes)
