@@ -22,6 +22,7 @@ Values:
   `sent`, `delivered` and `read`: an error kept from a retry that later succeeded (130429,
   131056, ...) is history, counted in the summary, not a failure.
 - times are ISO 8601 UTC to the second (`2026-11-21T10:15:30Z`), empty where unknown.
+- `user_id`: the recipient's business-scoped user id (BSUID) where Meta has named it.
 - `replied_at`/`reply`: the recipient's first answer to the message and when it came
   (inbound.py attributes answers): a button's payload (its label for an engine default
   payload) or the first 200 characters of a text.
@@ -71,7 +72,7 @@ from campaign.models import Campaign, Contact, Import, Message
 from campaign.states import MessageState
 
 COLUMNS = ["phone", "wa_id", "status", "wamid", "error_code", "error_title", "sent_at", "delivered_at", "read_at", "failed_at",
-           "replied_at", "reply"]
+           "replied_at", "reply", "user_id"]
 TIME_COLUMNS = ("sent_at", "delivered_at", "read_at", "failed_at", "replied_at")
 FORMATS = ("csv", "xlsx", "parquet", "json")
 SUFFIXES = {"csv": ".csv", "xlsx": ".xlsx", "parquet": ".parquet", "json": ".jsonl"}
@@ -312,6 +313,7 @@ class _Source:
                 case((error_visible, _m.error_title)),
                 *(self._time_text(_m[column]) for column in TIME_COLUMNS),
                 _m.reply,
+                _c.user_id,
                 type_coerce(_m.params, Text()),
             )
             .select_from(Message.__table__.join(Contact.__table__, _c.id == _m.contact_id))
@@ -352,7 +354,8 @@ def _table(rows: Sequence[Any], csv_columns: list[str], schema: pa.Schema) -> pa
     times_end = 6 + len(TIME_COLUMNS)
     arrays.extend(iso_times(pa.array(columns[i], type=pa.string())) for i in range(6, times_end))
     arrays.append(pa.array(columns[times_end], type=pa.string()))  # reply
-    arrays.extend(_params_arrays(columns[times_end + 1], csv_columns))
+    arrays.append(pa.array(columns[times_end + 1], type=pa.string()))  # user_id
+    arrays.extend(_params_arrays(columns[times_end + 2], csv_columns))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

@@ -243,9 +243,9 @@ def test_the_report_shows_the_reply_and_neutralizes_formulas_in_csv_only(db: Dat
     assert (answer(db, formula)[1], answer(db, plain)[1]) == ("=1+1", "fine, thanks")
 
     rows = {r["phone"]: r for r in csv.DictReader(io.StringIO(_report(db)))}
-    assert list(next(iter(rows.values())))[:12] == [
+    assert list(next(iter(rows.values())))[:13] == [
         "phone", "wa_id", "status", "wamid", "error_code", "error_title",
-        "sent_at", "delivered_at", "read_at", "failed_at", "replied_at", "reply"]
+        "sent_at", "delivered_at", "read_at", "failed_at", "replied_at", "reply", "user_id"]
     assert (rows[PHONE]["replied_at"], rows[PHONE]["reply"]) == ("2026-03-01T12:00:00Z", "'=1+1")
     assert (rows[OTHER_PHONE]["replied_at"], rows[OTHER_PHONE]["reply"]) == ("2026-03-01T12:00:05Z", "fine, thanks")
     assert (rows["+4915123450001"]["replied_at"], rows["+4915123450001"]["reply"]) == ("", "")

@@ -151,7 +151,7 @@ def test_header_is_the_interface_columns_then_the_original_csv_columns(db: Datab
     build_spring(db)
     header = report_text(db).splitlines()[0]
     assert header == ("phone,wa_id,status,wamid,error_code,error_title,sent_at,delivered_at,read_at,failed_at,"
-                      "replied_at,reply,csv_phone,name,order")
+                      "replied_at,reply,user_id,csv_phone,name,order")
     assert header.split(",")[: len(export.COLUMNS)] == export.COLUMNS
 
 
@@ -353,8 +353,8 @@ def test_rows_from_no_import_contribute_every_key_in_order_of_appearance(db: Dat
     rows = {r["phone"]: r for r in report_rows(db)}
     header = list(next(iter(rows.values())))
     # The first rows' keys in their order; keys other rows add come after (in scan order).
-    assert header[:15] == export.COLUMNS + ["csv_phone", "name", "order"]
-    assert sorted(header[15:]) == ["extra", "tier"]
+    assert header[:16] == export.COLUMNS + ["csv_phone", "name", "order"]
+    assert sorted(header[16:]) == ["extra", "tier"]
     assert (rows[PHONES[3]]["extra"], rows[PHONES[3]]["order"]) == ("e", "")
     assert rows[PHONES[5]]["tier"] == "7"  # a script's number comes out as text
 

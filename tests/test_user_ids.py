@@ -95,3 +95,16 @@ def test_a_stop_from_a_user_id_nobody_has_yet_is_kept_and_applied_when_it_is_lin
     assert suppressions(db) == {PHONE: "opt_out"} and linked.inbound == 1
     again = deliver(db, delivered("wamid.S1", T + 61))
     assert again.inbound == 0  # applied once
+
+
+def test_the_report_shows_the_user_id_meta_named_the_recipient_by(db: Database) -> None:
+    import io
+
+    from campaign import export
+
+    seed(db, wamid="wamid.S1")
+    deliver(db, delivered("wamid.S1", T))
+    stream = io.StringIO()
+    export.write_report(db, "spring", stream, fmt="json")
+    (row,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert (row["phone"], row["user_id"]) == (PHONE, BSUID)
