@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
@@ -305,23 +305,31 @@ def resolve_identities(session: Session, inbound: list[InboundItem], preferences
         people = _known_contacts(session, set(with_both))
         learn_user_ids(session, [(c.id, with_both[w]) for w, cs in people.items() for c in cs])
         session.flush()
-    bsuid_only = {i.user_id for i in [*inbound, *preferences] if i.wa_id is None and i.user_id}
-    numbers = _numbers_of(session, bsuid_only)
-    kept: list[dict[str, Any]] = []
-    resolved_inbound: list[InboundItem] = []
-    resolved_preferences: list[PreferenceItem] = []
-    for item, kind, into in [*[(i, "inbound", resolved_inbound) for i in inbound],
-                             *[(p, "preference", resolved_preferences) for p in preferences]]:
-        if item.wa_id is not None:
-            into.append(item)  # type: ignore[arg-type]
-        elif item.user_id in numbers:
-            into.append(replace(item, wa_id=numbers[item.user_id]))  # type: ignore[arg-type]
-        elif item.user_id is not None:
-            kept.append({"user_id": item.user_id, "kind": kind, "at": item.at, "item": _as_json(item),
-                         "received_at": now})
+    numbers = _numbers_of(session, {i.user_id for i in [*inbound, *preferences] if i.wa_id is None})
+    inbound, kept_inbound = _with_numbers(inbound, numbers)
+    preferences, kept_preferences = _with_numbers(preferences, numbers)
+    kept = [{"user_id": item.user_id, "kind": kind, "at": item.at, "item": _as_json(item), "received_at": now}
+            for kind, items in (("inbound", kept_inbound), ("preference", kept_preferences)) for item in items]
     if kept:
         session.execute(insert(UnmatchedInbound), kept)
-    return resolved_inbound, resolved_preferences, len(kept)
+    return inbound, preferences, len(kept)
+
+
+_Item = TypeVar("_Item", InboundItem, PreferenceItem)
+
+
+def _with_numbers(items: list[_Item], numbers: dict[str, str]) -> tuple[list[_Item], list[_Item]]:
+    """(items with a phone number, found by their BSUID where they came without one; items
+    whose BSUID no contact has)."""
+    resolved, kept = [], []
+    for item in items:
+        if item.wa_id is not None:
+            resolved.append(item)
+        elif item.user_id in numbers:
+            resolved.append(replace(item, wa_id=numbers[item.user_id]))
+        elif item.user_id is not None:
+            kept.append(item)
+    return resolved, kept
 
 
 def apply_unmatched(session: Session, *, opt_out: frozenset[str], opt_in: frozenset[str]) -> int:
