@@ -10,8 +10,9 @@ parsed and validated completely before the reconciler (reconcile.py) applies any
 - `messages[]` (inbound) become `InboundItem`s, with the texts that may carry an opt-out or
   opt-in word: typed, sent as a quick-reply button or an interactive reply; and what reply
   attribution (inbound.py) reads: the message replied to (`context.id`), a button's payload
-  and label, a text's body. Types that are not the user writing to the business (a number
-  change, a deleted or edited message, a reaction) are noted, not applied.
+  and label, a text's body. Types that are not the user writing to the business (a deleted
+  or edited message, a reaction) are noted, not applied. A `system` message that re-keys the
+  user (a changed number or BSUID) becomes an `IdentityChange` (people.py applies it).
 - `user_preferences` (the user stopped or resumed marketing in WhatsApp) become
   `PreferenceItem`s.
 - `message_template_status_update` becomes a `TemplateStatusItem` (name, language, event,
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from campaign.identity import is_user_id
 from campaign.statuses import STATUS_WORDS, StatusError
 
 # Inbound types that are not the user writing to the business: they do not open the
@@ -46,10 +48,6 @@ from campaign.statuses import STATUS_WORDS, StatusError
 _NOT_WINDOW_OPENING = frozenset({"system", "revoke", "reaction", "edit", "deleted", "ephemeral"})
 _WA_ID = re.compile(r"[1-9][0-9]{5,14}")
 """A WhatsApp user id as Meta sends it: the E.164 digits without `+` (at most 15)."""
-BSUID = re.compile(r"[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}")
-"""A business-scoped user id (`US.13491208655302741918`; a parent one has `ENT.`):
-whatsapp-usernames.md §1. Since 2026 every messages webhook carries one, and a user with a
-username may come with no phone number at all (`from`, `wa_id`, `recipient_id` absent)."""
 _MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
 _MAX_ERROR_CODE = 2**53
 _QUALITY = {"GREEN": 3, "YELLOW": 2, "RED": 1}
@@ -107,6 +105,19 @@ class InboundItem:
     """A `text` message's body."""
     user_id: str | None = None
     """The sender's BSUID (`from_user_id`)."""
+
+
+@dataclass(frozen=True)
+class IdentityChange:
+    """A `system` message: the user changed their number (`user_changed_number`, which also
+    gives them a new BSUID) or Meta gave them a new BSUID (`user_changed_user_id`). Ids that
+    did not change, or that Meta did not send, are None."""
+
+    at: datetime
+    old_wa_id: str | None
+    new_wa_id: str | None
+    old_user_id: str | None
+    new_user_id: str | None
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,7 @@ class ParsedEvent:
     statuses: list[StatusItem] = field(default_factory=list)
     inbound: list[InboundItem] = field(default_factory=list)
     preferences: list[PreferenceItem] = field(default_factory=list)
+    identities: list[IdentityChange] = field(default_factory=list)
     templates: list[TemplateStatusItem] = field(default_factory=list)
     senders: list[SenderItem] = field(default_factory=list)
     notes: list[tuple[int, str]] = field(default_factory=list)
@@ -286,6 +298,9 @@ def _parse_inbound(raw: dict[str, Any], event: ParsedEvent) -> None:
                                           "neither a phone number nor a user id"))
         return
     sender = phone or user_id
+    if kind == "system":
+        _parse_system(raw, phone, user_id, at, event)
+        return
     if kind in _NOT_WINDOW_OPENING:
         event.notes.append((logging.INFO, f"inbound {kind} from {sender} kept, not applied"))
         return
@@ -311,6 +326,33 @@ def _parse_inbound(raw: dict[str, Any], event: ParsedEvent) -> None:
     ))
 
 
+_REKEYS = frozenset({"user_changed_number", "user_changed_user_id"})
+
+
+def _parse_system(raw: dict[str, Any], phone: str | None, user_id: str | None, at: datetime,
+                  event: ParsedEvent) -> None:
+    """A number or BSUID change. The new number is `system.wa_id`, the old one `from`; the
+    old BSUID `system.previous_user_id`, the new one `system.user_id`, else a `from_user_id`
+    that differs from the old (the reference names the previous ids, not where the new BSUID
+    goes: both are read)."""
+    system = _dict(raw.get("system", {}), "messages[].system")
+    kind = _opt_str(system.get("type"), "system.type")
+    if kind not in _REKEYS:
+        event.notes.append((logging.INFO, f"inbound system {_short(kind)} from {phone or user_id} kept, not applied"))
+        return
+    new_wa_id = _opt_str(system.get("wa_id"), "system.wa_id")
+    new_wa_id = new_wa_id if new_wa_id and _WA_ID.fullmatch(new_wa_id) and new_wa_id != phone else None
+    old_user_id = _bsuid(system.get("previous_user_id"))
+    new_user_id = _bsuid(system.get("user_id")) or (user_id if user_id != old_user_id else None)
+    if new_user_id == old_user_id:
+        new_user_id = None
+    change = IdentityChange(at, phone, new_wa_id, old_user_id or (user_id if new_user_id is None else None), new_user_id)
+    if (change.new_wa_id or change.new_user_id) and (change.old_wa_id or change.old_user_id):
+        event.identities.append(change)
+    else:
+        event.notes.append((logging.INFO, f"inbound system {kind} from {phone or user_id} without old and new ids ignored"))
+
+
 def _wamid_or_none(value: Any) -> str | None:
     """A message id as Meta sends it, or None: an odd `id` or `context` (a forwarded message's
     context has no id) never rejects the body, whose opt-out must not be lost."""
@@ -333,8 +375,10 @@ def _parse_preference(raw: dict[str, Any], event: ParsedEvent) -> None:
 
 
 def _bsuid(value: Any) -> str | None:
-    """A BSUID, or None for anything else: an odd id never rejects a body whose STOP counts."""
-    return value if isinstance(value, str) and BSUID.fullmatch(value) else None
+    """A BSUID, or None for anything else: an odd id never rejects a body whose STOP counts.
+    Since 2026 every messages webhook carries one, and a user with a username may come with no
+    phone number at all (`from`, `wa_id`, `recipient_id` absent)."""
+    return value if isinstance(value, str) and is_user_id(value) else None
 
 
 def _note_template_status(value: dict[str, Any], event: ParsedEvent) -> None:

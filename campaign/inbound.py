@@ -34,19 +34,21 @@ second): like status timestamps, a min, so answers in any order, or twice, end t
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, delete, insert, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.orm import Session
 
+from campaign import identity
 from campaign.events import InboundItem, PreferenceItem
-from campaign.models import Campaign, Contact, Message, Suppression, UnmatchedInbound
+from campaign.models import Campaign, Contact, Message, UnmatchedInbound
+from campaign.people import find, learn_user_ids
 from campaign.states import SuppressionScope, SuppressionSource
 from campaign.sql import batches, insert_ignore
 from campaign.statuses import bound_payloads, parse_quick_reply_payload
-from campaign.suppressions import suppress
+from campaign.suppressions import suppress, unsuppress
 
 # "Stop promotions" is the quick reply Meta's marketing templates offer for opting out.
 DEFAULT_OPT_OUT_WORDS: tuple[str, ...] = ("STOP", "UNSUBSCRIBE", "STOP PROMOTIONS")
@@ -65,9 +67,9 @@ def apply_inbound(session: Session, inbound: list[InboundItem], preferences: lis
     `opt_out` and `opt_in` are the stripped, casefolded words that opt out or back in."""
     if not inbound and not preferences:
         return 0
-    people = _contacts_for(session, {m.wa_id for m in inbound} | {p.wa_id for p in preferences})
+    people = _contacts_for(session, {key_of(i) for i in [*inbound, *preferences]})
     for message in inbound:
-        contacts = people[message.wa_id]
+        contacts = people[key_of(message)]
         for contact in contacts:
             # The window opens at the user's message time (whatsapp-cloud-api.md, "The 24-hour window").
             contact.last_inbound_at = _latest(contact.last_inbound_at, message.at)
@@ -81,7 +83,7 @@ def apply_inbound(session: Session, inbound: list[InboundItem], preferences: lis
         elif said & opt_in:
             _opt_in(session, contacts, message.at, (SuppressionSource.OPT_OUT,))
     for preference in preferences:
-        contacts = people[preference.wa_id]
+        contacts = people[key_of(preference)]
         if preference.value == "stop":  # Meta's own switch: marketing messages only
             _opt_out(session, contacts, preference.at, SuppressionScope.MARKETING)
         else:
@@ -89,30 +91,23 @@ def apply_inbound(session: Session, inbound: list[InboundItem], preferences: lis
     return len(inbound)
 
 
-def _contacts_for(session: Session, wa_ids: set[str]) -> dict[str, list[Contact]]:
-    """Every contact of each sender, created if new (`_known_contacts`)."""
-    people = _known_contacts(session, wa_ids)
-    new = [{"phone": "+" + w, "wa_id": w} for w in sorted(wa_ids) if not people[w]]
+def key_of(item: InboundItem | PreferenceItem) -> str:
+    """The name a webhook gives its user (people.find): the number's digits, else the BSUID."""
+    key = item.wa_id or item.user_id
+    assert key is not None, "events.py keeps no item without either"
+    return key
+
+
+def _contacts_for(session: Session, keys: set[str]) -> dict[str, list[Contact]]:
+    """Every contact of each sender, a new one for a number no contact has (people.find; a
+    BSUID no contact has was set aside by `resolve_identities`)."""
+    people = find(session, keys)
+    new = [{"phone": "+" + k, "wa_id": k} for k in sorted(keys) if not people[k] and not identity.is_user_id(k)]
     if not new:
         return people
     for chunk in batches(new):
         session.execute(insert_ignore(session, Contact), list(chunk))
-    return _known_contacts(session, wa_ids)
-
-
-def _known_contacts(session: Session, wa_ids: set[str]) -> dict[str, list[Contact]]:
-    """Every known contact of each sender: those Meta knows by that wa_id (which may differ
-    from the imported number in BR, MX, AR) and the one whose number it is."""
-    found: dict[int, Contact] = {}
-    for chunk in batches(sorted(wa_ids)):
-        query = select(Contact).where(or_(Contact.wa_id.in_(chunk), Contact.phone.in_(["+" + w for w in chunk])))
-        found.update((c.id, c) for c in session.scalars(query.order_by(Contact.id)))
-    people: dict[str, list[Contact]] = {w: [] for w in wa_ids}
-    for contact in found.values():
-        for key in {contact.wa_id, contact.phone[1:]}:
-            if key in people:
-                people[key].append(contact)
-    return people
+    return find(session, keys)
 
 
 def _opt_out(session: Session, contacts: list[Contact], at: datetime, scope: SuppressionScope) -> None:
@@ -121,7 +116,7 @@ def _opt_out(session: Session, contacts: list[Contact], at: datetime, scope: Sup
     for contact in contacts:
         if contact.opted_in_at is None or at >= contact.opted_in_at:
             contact.opted_out_at = _latest(contact.opted_out_at, at)
-            numbers.append(contact.phone)
+            numbers += contact.identities
     if numbers:
         session.flush()
         reason = "the recipient opted out" + (" of marketing messages" if scope is SuppressionScope.MARKETING else "")
@@ -135,11 +130,10 @@ def _opt_in(session: Session, contacts: list[Contact], at: datetime, sources: tu
         contact.opted_in_at = _latest(contact.opted_in_at, at)
         if contact.opted_out_at is None or contact.opted_out_at < at:
             contact.opted_out_at = None
-            numbers.append(contact.phone)
+            numbers += contact.identities
     if numbers:
         session.flush()
-        session.execute(delete(Suppression).where(Suppression.phone.in_(numbers),
-                                                  Suppression.source.in_([s.value for s in sources])))
+        unsuppress(session, numbers, sources)
 
 
 def _latest(current: datetime | None, new: datetime) -> datetime:
@@ -199,13 +193,15 @@ def _senders_own(session: Session, named: list[tuple[int, InboundItem]]) -> list
     owners: dict[int, set[str]] = defaultdict(set)
     for chunk in batches(sorted({message_id for message_id, _ in named})):
         rows = session.execute(
-            select(Message.id, Message.wa_id, Contact.phone, Contact.wa_id)
+            select(Message.id, Message.wa_id, Contact.phone, Contact.wa_id, Contact.user_id)
             .join(Contact, Contact.id == Message.contact_id).where(Message.id.in_(chunk))
         )
-        for message_id, sent_to, phone, wa_id in rows:
-            # The recipient by every name Meta may give them: the send's answer, the number, the contact's.
-            owners[message_id].update(i for i in (sent_to, phone[1:] if phone else None, wa_id) if i)
-    return [(message_id, item) for message_id, item in named if item.wa_id in owners.get(message_id, ())]
+        for message_id, sent_to, phone, wa_id, user_id in rows:
+            # The recipient by every name Meta may give them: the send's answer, the number,
+            # the contact's wa_id and BSUID.
+            owners[message_id].update(i for i in (sent_to, phone[1:] if phone else None, wa_id, user_id) if i)
+    return [(message_id, item) for message_id, item in named
+            if {item.wa_id, item.user_id} & owners.get(message_id, set())]
 
 
 def _latest_bound(session: Session, taps: list[InboundItem]) -> list[tuple[int, InboundItem]]:
@@ -220,7 +216,7 @@ def _latest_bound(session: Session, taps: list[InboundItem]) -> list[tuple[int, 
     taps = [t for t in taps if t.payload in campaigns_of]
     if not taps:
         return []
-    people = _known_contacts(session, {t.wa_id for t in taps})
+    people = find(session, {key_of(t) for t in taps})
     contact_ids = sorted({c.id for contacts in people.values() for c in contacts})
     wanted = sorted({c for t in taps for c in campaigns_of[t.payload or ""]})
     sent: dict[int, list[tuple[datetime, int, int]]] = defaultdict(list)  # contact -> (sent_at, id, campaign)
@@ -234,7 +230,7 @@ def _latest_bound(session: Session, taps: list[InboundItem]) -> list[tuple[int, 
     attributed = []
     for tap in taps:
         bound_by = campaigns_of[tap.payload or ""]
-        candidates = [(sent_at, message_id) for contact in people[tap.wa_id]
+        candidates = [(sent_at, message_id) for contact in people[key_of(tap)]
                       for sent_at, message_id, campaign_id in sent[contact.id]
                       if campaign_id in bound_by and sent_at <= tap.at + SEND_CLOCK_SKEW]
         if candidates:
@@ -277,37 +273,22 @@ def _answer_key(answer: tuple[datetime, str | None]) -> tuple[datetime, bool, st
 # -- identities: phone numbers and business-scoped user ids ---------------------------------------
 
 
-def learn_user_ids(session: Session, pairs: list[tuple[int, str]]) -> None:
-    """(contact id, BSUID) pairs Meta reported together (a status of a send to that contact,
-    an inbound message with both `from` and `from_user_id`): kept on the contact, unless
-    another contact already has that BSUID (a changed number; re-keying is for later)."""
-    wanted = dict(pairs)
-    unknown: set[int] = set()
-    for chunk in batches(sorted(wanted)):  # most contacts learned theirs from an earlier status
-        unknown.update(session.scalars(select(Contact.id).where(Contact.id.in_(chunk), Contact.user_id.is_(None))))
-    other = aliased(Contact)
-    for contact_id in sorted(unknown):
-        user_id = wanted[contact_id]
-        taken = select(other.id).where(other.user_id == user_id).exists()
-        session.execute(update(Contact).where(Contact.id == contact_id, Contact.user_id.is_(None), ~taken)
-                        .values(user_id=user_id))
-
-
 def resolve_identities(session: Session, inbound: list[InboundItem], preferences: list[PreferenceItem],
                        now: datetime) -> tuple[list[InboundItem], list[PreferenceItem], int]:
-    """Items that came with a BSUID and no phone number get their contact's number, found by
-    the BSUID; the ones no contact has yet are kept in `unmatched_inbound` (an opt-out is
-    never dropped for want of a number) and applied when a webhook links the BSUID to a
-    contact (`apply_unmatched`). Items with both teach the contact its BSUID first.
-    Returns the items to apply now and how many were kept for later."""
+    """Items that came with a BSUID and no phone number are applied to the contact that has
+    the BSUID (people.find); the ones no contact has yet are kept in `unmatched_inbound` (an
+    opt-out is never dropped for want of a number) and applied when a webhook or an import
+    gives a contact that BSUID (`apply_unmatched`). Items with both teach the contact its
+    BSUID first. Returns the items to apply now and how many were kept for later."""
     with_both = {i.wa_id: i.user_id for i in [*inbound, *preferences] if i.wa_id and i.user_id}
     if with_both:
-        people = _known_contacts(session, set(with_both))
+        people = find(session, set(with_both))
         learn_user_ids(session, [(c.id, with_both[w]) for w, cs in people.items() for c in cs])
         session.flush()
-    numbers = _numbers_of(session, {i.user_id for i in [*inbound, *preferences] if i.wa_id is None})
-    inbound, kept_inbound = _with_numbers(inbound, numbers)
-    preferences, kept_preferences = _with_numbers(preferences, numbers)
+    phone_less = {i.user_id for i in [*inbound, *preferences] if i.wa_id is None and i.user_id}
+    known = {k for k, contacts in find(session, phone_less).items() if contacts}
+    inbound, kept_inbound = _known_only(inbound, known)
+    preferences, kept_preferences = _known_only(preferences, known)
     kept = [{"user_id": item.user_id, "kind": kind, "at": item.at, "item": _as_json(item), "received_at": now}
             for kind, items in (("inbound", kept_inbound), ("preference", kept_preferences)) for item in items]
     if kept:
@@ -318,37 +299,32 @@ def resolve_identities(session: Session, inbound: list[InboundItem], preferences
 _Item = TypeVar("_Item", InboundItem, PreferenceItem)
 
 
-def _with_numbers(items: list[_Item], numbers: dict[str, str]) -> tuple[list[_Item], list[_Item]]:
-    """(items with a phone number, found by their BSUID where they came without one; items
-    whose BSUID no contact has)."""
+def _known_only(items: list[_Item], known: set[str]) -> tuple[list[_Item], list[_Item]]:
+    """(items with a number or a BSUID some contact has, items whose BSUID none has)."""
     resolved, kept = [], []
     for item in items:
-        if item.wa_id is not None:
-            resolved.append(item)
-        elif item.user_id in numbers:
-            resolved.append(replace(item, wa_id=numbers[item.user_id]))
-        elif item.user_id is not None:
-            kept.append(item)
+        (resolved if item.wa_id is not None or item.user_id in known else kept).append(item)
     return resolved, kept
 
 
 def apply_unmatched(session: Session, *, opt_out: frozenset[str], opt_in: frozenset[str]) -> int:
     """Kept items whose BSUID a contact has now: applied as if they had just come, then
     forgotten. Returns how many."""
-    rows = session.execute(
-        select(UnmatchedInbound.id, UnmatchedInbound.kind, UnmatchedInbound.item, Contact.wa_id, Contact.phone)
-        .join(Contact, Contact.user_id == UnmatchedInbound.user_id)
-        .order_by(UnmatchedInbound.at, UnmatchedInbound.id)
-    ).all()
+    waiting = sorted(set(session.scalars(select(UnmatchedInbound.user_id))))
+    if not waiting:
+        return 0
+    known = [k for k, contacts in find(session, set(waiting)).items() if contacts]
+    rows = []
+    for chunk in batches(known):
+        rows += session.execute(
+            select(UnmatchedInbound.id, UnmatchedInbound.kind, UnmatchedInbound.item)
+            .where(UnmatchedInbound.user_id.in_(chunk))
+        ).all()
     if not rows:
         return 0
-    inbound, preferences = [], []
-    for _, kind, item, wa_id, phone in rows:
-        number = wa_id or phone[1:]
-        if kind == "inbound":
-            inbound.append(replace(_inbound_from_json(item), wa_id=number))
-        else:
-            preferences.append(replace(_preference_from_json(item), wa_id=number))
+    rows.sort(key=lambda row: row[0])
+    inbound = [_inbound_from_json(item) for _, kind, item in rows if kind == "inbound"]
+    preferences = [_preference_from_json(item) for _, kind, item in rows if kind != "inbound"]
     apply_inbound(session, inbound, preferences, opt_out=opt_out, opt_in=opt_in)
     apply_replies(session, inbound)
     for chunk in batches([row[0] for row in rows]):
@@ -356,14 +332,10 @@ def apply_unmatched(session: Session, *, opt_out: frozenset[str], opt_in: frozen
     return len(rows)
 
 
-def _numbers_of(session: Session, user_ids: set[str | None]) -> dict[str, str]:
-    """BSUID -> the phone digits of the contact that has it."""
-    found: dict[str, str] = {}
-    for chunk in batches(sorted(u for u in user_ids if u)):
-        for user_id, wa_id, phone in session.execute(
-                select(Contact.user_id, Contact.wa_id, Contact.phone).where(Contact.user_id.in_(chunk))):
-            found[user_id] = wa_id or phone[1:]
-    return found
+def unmatched_counts(session: Session) -> dict[str, int]:
+    """Kept items by kind (`inbound`, `preference`): what `campaign status` shows as waiting
+    for a contact to have their BSUID."""
+    return dict(session.execute(select(UnmatchedInbound.kind, func.count()).group_by(UnmatchedInbound.kind)).all())
 
 
 def _as_json(item: InboundItem | PreferenceItem) -> dict[str, Any]:

@@ -121,18 +121,30 @@ class Campaign(Base):
 
 
 class Contact(Base):
-    """One per number, shared by every campaign: the windows and limits are per person."""
+    """One per person, shared by every campaign: the windows and limits are per person.
+
+    A person has a number, a BSUID, or both (identity.py): at least one is set."""
 
     __tablename__ = "contacts"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    phone: Mapped[str] = mapped_column(String(20), unique=True)
-    """E.164 with `+`."""
+    phone: Mapped[str | None] = mapped_column(String(20), unique=True)
+    """E.164 with `+`; None for a person known only by a BSUID."""
     wa_id: Mapped[str | None] = mapped_column(String(32))
     """Meta's canonical id, which may differ from the number (BR, MX, AR prefixes)."""
     user_id: Mapped[str | None] = mapped_column(String(160), unique=True)
-    """The business-scoped user id (BSUID) Meta names the person by, learned from webhooks:
-    how an inbound message that comes without a phone number finds its contact."""
+    """The business-scoped user id (BSUID) Meta names the person by, imported or learned from
+    webhooks: how an inbound message that comes without a phone number finds its contact."""
+
+    @property
+    def identity(self) -> str:
+        """What a send addresses: the number when known (Meta: `to` wins), else the BSUID."""
+        return self.phone or self.user_id or ""
+
+    @property
+    def identities(self) -> list[str]:
+        """Every name Meta may use for the person now."""
+        return [i for i in (self.phone, self.user_id) if i]
     wa_status: Mapped[str | None] = mapped_column(String(16))
     """Contacts check result: `valid` or `invalid`."""
     wa_checked_at: Mapped[datetime | None]
@@ -239,6 +251,18 @@ class RetiredWamid(Base):
     retired_at: Mapped[datetime]
 
 
+class ContactAlias(Base):
+    """A number or BSUID a contact was known by before Meta re-keyed it (`user_changed_number`,
+    `user_changed_user_id`): late webhooks with the old id still find the person, and a
+    suppression of the old id was copied to the new ones (people.py)."""
+
+    __tablename__ = "contact_aliases"
+
+    identity: Mapped[str] = mapped_column(String(160), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    retired_at: Mapped[datetime]
+
+
 class UnmatchedInbound(Base):
     """An inbound message or marketing preference from a user known only by a BSUID that no
     contact has yet: kept (an opt-out is never dropped) and applied when a webhook tells
@@ -290,12 +314,14 @@ class WebhookEvent(Base):
 
 
 class Suppression(Base):
-    """The opt-out list, honoured by import and by the dispatcher."""
+    """The opt-out list, honoured by import and by the dispatcher: a number or a BSUID (one of
+    the two per row); a person is suppressed when either of their identities is."""
 
     __tablename__ = "suppressions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    phone: Mapped[str] = mapped_column(String(20), unique=True)
+    phone: Mapped[str | None] = mapped_column(String(20), unique=True)
+    user_id: Mapped[str | None] = mapped_column(String(160), unique=True)
     reason: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16), default=SuppressionSource.MANUAL)
     scope: Mapped[str] = mapped_column(String(16), default=SuppressionScope.ALL, server_default=SuppressionScope.ALL.value)

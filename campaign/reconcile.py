@@ -65,7 +65,7 @@ from campaign import campaigns, contacts, errors, health
 from campaign.breaker import FailureBreaker, Trip
 from campaign.db import Database
 from campaign.clock import SYSTEM, Clock
-from campaign.events import (InboundItem, Malformed, ParsedEvent, PreferenceItem, SenderItem, StatusItem,
+from campaign.events import (IdentityChange, InboundItem, Malformed, ParsedEvent, PreferenceItem, SenderItem, StatusItem,
                              TemplateStatusItem, parse_event, parse_status)
 from campaign.inbound import (
     DEFAULT_OPT_IN_WORDS,
@@ -73,10 +73,10 @@ from campaign.inbound import (
     apply_inbound,
     apply_replies,
     apply_unmatched,
-    learn_user_ids,
     resolve_identities,
 )
 from campaign.models import Campaign, Contact, Message, PendingStatus, RetiredWamid, WebhookEvent
+from campaign.people import learn_user_ids, rekey
 from campaign.states import CampaignState, MessageState, SuppressionSource
 from campaign.sql import batches, insert_ignore
 from campaign.statuses import Delivery, StatusError, StatusUpdate, merge, parse_callback_data
@@ -348,6 +348,7 @@ def _process(session: Session, events: list[_Event], now: datetime, rules: _Rule
     statuses: list[tuple[StatusItem, _Source]] = []
     inbound: list[InboundItem] = []
     preferences: list[PreferenceItem] = []
+    identities: list[IdentityChange] = []
     templates: list[tuple[TemplateStatusItem, datetime]] = []
     senders: list[tuple[SenderItem, datetime]] = []
     # Another reconciler (another receiver's) may have applied some meanwhile.
@@ -363,6 +364,7 @@ def _process(session: Session, events: list[_Event], now: datetime, rules: _Rule
         statuses += [(item, _Source(event.received_at, event_id=event.id)) for item in event.parsed.statuses]
         inbound += event.parsed.inbound
         preferences += event.parsed.preferences
+        identities += event.parsed.identities
         # Meta's time of the news, else when it reached us: the latest news wins (health.py).
         templates += [(item, item.at or event.received_at) for item in event.parsed.templates]
         senders += [(item, item.at or event.received_at) for item in event.parsed.senders]
@@ -371,6 +373,7 @@ def _process(session: Session, events: list[_Event], now: datetime, rules: _Rule
         statuses += _resolvable_pending(session)
 
     stats.statuses_applied = _apply_statuses(session, statuses, now, notes, rules)
+    rekey(session, identities, notes)
     inbound, preferences, stats.unmatched = resolve_identities(session, inbound, preferences, now)
     stats.inbound = apply_inbound(session, inbound, preferences, opt_out=rules.opt_out, opt_in=rules.opt_in)
     stats.replies = apply_replies(session, inbound)
@@ -518,8 +521,8 @@ def _merge_into(row: _Row, item: StatusItem) -> None:
 def _apply_error_table(session: Session, failures: list[tuple[_Row, StatusItem]], now: datetime,
                        notes: list[tuple[int, str]], rules: _Rules) -> None:
     """What a failed status does beyond its message (errors.consequence, as for a send)."""
-    phones = dict(session.execute(select(Contact.id, Contact.phone).where(
-        Contact.id.in_({row.contact_id for row, _ in failures}))).all())
+    people = {c.id: c.identities for c in session.scalars(select(Contact).where(
+        Contact.id.in_({row.contact_id for row, _ in failures})))}
     pauses: dict[int, tuple[int, datetime, errors.Pause]] = {}
     requeue: dict[int, dict[str, Any]] = {}
     media_failures: set[int] = set()
@@ -536,14 +539,14 @@ def _apply_error_table(session: Session, failures: list[tuple[_Row, StatusItem]]
                                "at": now}
         if rule.pause_when_most:
             media_failures.add(row.campaign_id)
-        if row.contact_id not in phones:
+        if row.contact_id not in people:
             continue
         if what.unreachable:
             contacts.remember_unreachable(session, [row.contact_id], item.at)
         if what.limit_marketing_for:
             contacts.limit_marketing(session, [row.contact_id], item.at + timedelta(seconds=what.limit_marketing_for))
         if what.suppress:
-            suppress(session, [phones[row.contact_id]], reason=f"error {code}: {rule.meaning}",
+            suppress(session, people[row.contact_id], reason=f"error {code}: {rule.meaning}",
                      source=SuppressionSource.ERROR_131050, scope=what.suppress, now=item.at)
         if what.pause is not None and code is not None:
             earlier = pauses.get(row.campaign_id)

@@ -102,8 +102,10 @@ def contact(db: Database, phone: str = PHONE) -> Contact:
 
 
 def suppressions(db: Database) -> dict[str, str]:
+    """Suppressed number or BSUID -> the suppression's source."""
     with db.read_session() as session:
-        return dict(session.execute(select(Suppression.phone, Suppression.source)).all())
+        return {phone or user_id: source for phone, user_id, source in session.execute(
+            select(Suppression.phone, Suppression.user_id, Suppression.source))}
 
 
 def snapshot(db: Database) -> list[tuple[Any, ...]]:
