@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from campaign import campaigns, contacts, phone, sending, suppressions
+from campaign import campaigns, contacts, inbound, sending, suppressions
 from campaign.config import RedactSecrets, Settings, load_settings
 from campaign.db import Database
 from campaign.dispatcher import DispatchStats
@@ -214,6 +214,8 @@ def sender(app: AppContext, phone_number_id: str | None, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("file", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--phone-column", help="Column holding the number (default: phone, phone_number, msisdn, mobile, wa_id, to).")
+@click.option("--user-id-column", metavar="COL",
+              help="Column of WhatsApp business-scoped user ids (default: user_id); a row with one and no number is sent by it.")
 @click.option("--default-region", metavar="CC", help="Region for numbers without a country code, e.g. DE.")
 @click.option("--check-contacts/--no-check-contacts", default=False, help="Drop numbers not on WhatsApp (off: no network call).")
 @click.option("--rejects", "rejects_path", metavar="PATH", help="Where rejected rows go (default NAME-rejects.csv).")
@@ -225,6 +227,7 @@ def import_(
     name: str,
     file: str,
     phone_column: str | None,
+    user_id_column: str | None,
     default_region: str | None,
     check_contacts: bool,
     rejects_path: str | None,
@@ -234,7 +237,7 @@ def import_(
     from campaign.importer import ImportOptions, import_file  # pandas: loaded only for imports
 
     database = app.database()
-    options = ImportOptions(phone_column, default_region, check_contacts, rejects_path)
+    options = ImportOptions(phone_column, default_region, check_contacts, rejects_path, user_id_column)
     endpoint = contacts.endpoint_for(database, app.settings, name) if check_contacts else None
     with _progress("import") as progress:
         result = import_file(database, name, file, options, contacts_endpoint=endpoint, progress=progress)
@@ -279,8 +282,8 @@ def _progress(label: str) -> Iterator[Callable[[str, int, int], None] | None]:
 @pass_app
 @handle_errors
 def suppress(app: AppContext, phones: tuple[str, ...], file: str | None, reason: str | None, default_region: str | None) -> None:
-    """Add numbers to the opt-out list: no campaign will message them."""
-    numbers = phone.normalize_many(phones, default_region)
+    """Add numbers (or BSUIDs) to the opt-out list: no campaign will message them."""
+    numbers = suppressions.identities_of(phones, default_region)
     if file:
         numbers += suppressions.read_numbers(file, default_region)
     if not numbers:
@@ -296,8 +299,8 @@ def suppress(app: AppContext, phones: tuple[str, ...], file: str | None, reason:
 @pass_app
 @handle_errors
 def unsuppress(app: AppContext, phones: tuple[str, ...], default_region: str | None) -> None:
-    """Remove numbers from the opt-out list."""
-    numbers = phone.normalize_many(phones, default_region)
+    """Remove numbers (or BSUIDs) from the opt-out list."""
+    numbers = suppressions.identities_of(phones, default_region)
     with app.database().session() as session:
         removed = suppressions.unsuppress(session, numbers)
     click.echo(f"unsuppressed {removed} number{'s' if removed != 1 else ''}")
@@ -317,6 +320,7 @@ def status(app: AppContext, name: str | None, as_json: bool) -> None:
     with database.read_session() as session:
         found = [campaigns.get(session, name)] if name else campaigns.list_all(session)
         counted = campaigns.counts(session, [c.id for c in found])
+        unmatched = inbound.unmatched_counts(session)
     reports = [
         {"name": c.name, "state": c.state, "total": counted[c.id].total, "counts": counted[c.id].by_state}
         | ({"pause_reason": c.pause_reason} if c.pause_reason else {})
@@ -331,12 +335,19 @@ def status(app: AppContext, name: str | None, as_json: bool) -> None:
             reports[0]["marketing_limited"] = {"waiting": figures.marketing_waiting,
                                                "until": until.isoformat() if until else None}
     if as_json:
+        if name and unmatched:
+            reports[0]["unmatched_inbound"] = unmatched
         click.echo(json.dumps(reports[0] if name else reports))
         return
     if name:
         _print_campaign(found[0], reports[0])
     else:
         _print_campaigns(reports)
+    if unmatched:
+        # Not a campaign's own: an opt-out kept for whoever turns out to have that BSUID.
+        stdout.print(f"{unmatched.get('inbound', 0)} inbound message(s) and {unmatched.get('preference', 0)} marketing "
+                     "preference(s) from users known only by a business-scoped user id wait for a contact with that id "
+                     "(they apply when a webhook or an import names them)")
 
 
 def _print_campaign(campaign: Any, report: dict[str, Any]) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 from campaign.exceptions import CampaignError
 
 PHONE_COLUMNS = ("phone", "phone_number", "msisdn", "mobile", "wa_id", "to")
+USER_ID_COLUMN = "user_id"
+"""The header of a column of business-scoped user ids (identity.py), found case-insensitively."""
 DELIMITERS = (",", ";", "\t")
 _BLOCK = 1 << 20
 _BOM = codecs.BOM_UTF8
@@ -28,12 +30,15 @@ class CsvLayout:
     path: Path
     delimiter: str
     columns: list[str]
-    phone_column: str
+    phone_column: str | None
+    """None for a file of BSUID recipients only."""
     size: int
+    user_id_column: str | None = None
 
 
-def inspect(path: str | Path, phone_column: str | None = None) -> CsvLayout:
-    """Check that `path` is a non-empty UTF-8 delimited text file with a phone column."""
+def inspect(path: str | Path, phone_column: str | None = None, user_id_column: str | None = None) -> CsvLayout:
+    """Check that `path` is a non-empty UTF-8 delimited text file with a phone column, a
+    BSUID column (`user_id`), or both."""
     path = Path(path)
     name = str(path)
     if not path.exists():
@@ -55,7 +60,14 @@ def inspect(path: str | Path, phone_column: str | None = None) -> CsvLayout:
         raise CampaignError(f"{name}: line 1 should be a header naming the columns, and it is blank")
     if not any(any(cell.strip() for cell in row) for row in reader) and len(head) == size:
         raise CampaignError(f"{name}: has a header but no rows")
-    return CsvLayout(path, delimiter, columns, _phone_column(columns, phone_column, name), size)
+    user_ids = _user_id_column(columns, user_id_column, name)
+    try:
+        phones: str | None = _phone_column(columns, phone_column, name)
+    except NoPhoneColumn:
+        if user_ids is None:
+            raise
+        phones = None
+    return CsvLayout(path, delimiter, columns, phones, size, user_ids)
 
 
 def check_encoding(f: io.BufferedReader, name: str) -> None:
@@ -100,8 +112,17 @@ def _phone_column(columns: list[str], wanted: str | None, name: str) -> str:
             return by_lower[candidate]
     raise NoPhoneColumn(
         f"{name}: no phone column in the header ({_listing(columns)}); "
-        f"name it one of {', '.join(PHONE_COLUMNS)} or pass --phone-column"
+        f"name it one of {', '.join(PHONE_COLUMNS)} or pass --phone-column "
+        f"(or give a {USER_ID_COLUMN} column of business-scoped user ids)"
     )
+
+
+def _user_id_column(columns: list[str], wanted: str | None, name: str) -> str | None:
+    if wanted is not None:
+        if wanted not in columns:
+            raise CampaignError(f"{name}: --user-id-column {wanted!r} is not in the header ({_listing(columns)})")
+        return wanted
+    return next((c for c in columns if c.strip().lower() == USER_ID_COLUMN), None)
 
 
 def _listing(columns: list[str], limit: int = 8) -> str:

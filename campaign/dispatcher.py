@@ -428,9 +428,11 @@ class Dispatcher:
 
     def _payload(self, campaign: RunningCampaign, message: Claimed) -> dict[str, Any]:
         callback = statuses.callback_data(message.id)
+        # The number when known (Meta: `to` wins over `recipient`), else the BSUID.
+        address = message.phone or message.user_id or ""
         if message.choice is policy.Choice.TEXT:
-            return payloads.text_payload(campaign.spec, message.phone, message.params, callback)
-        return payloads.template_payload(campaign.spec, message.phone, message.params, callback, message.id)
+            return payloads.text_payload(campaign.spec, address, message.params, callback)
+        return payloads.template_payload(campaign.spec, address, message.params, callback, message.id)
 
     def _sent(self, message: Claimed, accepted: Accepted) -> None:
         self.stats.sent += 1
@@ -468,7 +470,9 @@ class Dispatcher:
         if what.limit_marketing_for:
             self._results.marketing_limited[message.contact_id] = now + timedelta(seconds=what.limit_marketing_for)
         if what.suppress:
-            self._results.suppress[message.phone] = (f"Meta error {code}: {rule.meaning}", what.suppress)
+            for name in (message.phone, message.user_id):
+                if name:
+                    self._results.suppress[name] = (f"Meta error {code}: {rule.meaning}", what.suppress)
         if what.pause is not None:
             await self._pause_for(sender, campaign, what.pause, rule, code, error)
 

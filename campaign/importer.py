@@ -29,13 +29,14 @@ from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from campaign import binding, campaigns, contacts, csvfile, files, phone, policy
+from campaign import binding, campaigns, contacts, csvfile, files, identity, phone, policy
 from campaign.binding import SourceKind
 from campaign.db import Database
 from campaign.exceptions import CampaignError
 from campaign.clock import utcnow
-from campaign.models import Campaign, Contact, Import, Message, Suppression, UTCDateTime
+from campaign.models import Campaign, Contact, ContactAlias, Import, Message, Suppression, UTCDateTime
 from campaign.payloads import targets_without_definition
+from campaign.sql import batches
 from campaign.states import CampaignState, MessageState
 from campaign.templates import MEDIA_KINDS, Kind, Target
 
@@ -97,6 +98,8 @@ class ImportOptions:
     default_region: str | None = None
     check_contacts: bool = False
     rejects_path: str | Path | None = None
+    user_id_column: str | None = None
+    """A column of business-scoped user ids (default: a `user_id` header, if any)."""
 
 
 def default_rejects_path(campaign_name: str) -> Path:
@@ -119,7 +122,7 @@ def import_file(
     region = _region(options.default_region)
     with db.read_session() as session:
         campaign = _importable(session, campaign_name)
-    layout = csvfile.inspect(path, options.phone_column)
+    layout = csvfile.inspect(path, options.phone_column, options.user_id_column)
     checks = _bound_columns(campaign, layout)
     reader = _Reader(layout, region, progress)
 
@@ -148,13 +151,17 @@ def import_file(
             session.flush()
             batch = _Batch(session, campaign, record.id, now)
             rows = _Classifier(
-                existing=_campaign_phones(session, campaign.id),
+                existing=_campaign_identities(session, campaign.id, with_user_ids=layout.user_id_column is not None),
                 suppressed=_suppressions(session, campaign.template_category),
                 unreachable=unreachable,
                 checks=checks,
+                authentication=campaign.template_category == "authentication",
             )
+            people = _People(session) if layout.user_id_column is not None else None
             for chunk, normalized in reader.chunks("importing"):
-                accepted = rows.classify(chunk, normalized, layout.phone_column, result, rejects)
+                user_ids = _user_ids(chunk, layout.user_id_column)
+                known = people.lookup(normalized.e164, user_ids) if people is not None else None
+                accepted = rows.classify(chunk, normalized, user_ids, known, result, rejects)
                 batch.write(chunk, accepted)
             if result.rows == 0:
                 raise CampaignError(f"{layout.path}: has a header but no rows")
@@ -220,20 +227,69 @@ def _us_warnings(campaign: Campaign, us_numbers: int) -> list[str]:
     return []
 
 
-def _campaign_phones(session: Session, campaign_id: int) -> set[str]:
+def _campaign_identities(session: Session, campaign_id: int, *, with_user_ids: bool) -> set[str]:
+    """What the campaign's recipients are already known by: their numbers, and for a file with
+    BSUIDs also their BSUIDs, old ids (aliases) and contact ids (`_People.person`)."""
     query = select(Contact.phone).join(Message, Message.contact_id == Contact.id).where(Message.campaign_id == campaign_id)
-    return set(session.scalars(query))
+    existing = {p for p in session.scalars(query) if p}
+    if with_user_ids:
+        in_campaign = select(Message.contact_id).where(Message.campaign_id == campaign_id)
+        for contact_id, user_id in session.execute(select(Contact.id, Contact.user_id).where(Contact.id.in_(in_campaign))):
+            existing.update(i for i in (user_id, _People.person(contact_id)) if i)
+        existing.update(session.scalars(select(ContactAlias.identity).where(ContactAlias.contact_id.in_(in_campaign))))
+    return existing
 
 
 def _suppressions(session: Session, category: str | None) -> dict[str, str]:
-    """The suppressed numbers that stop this campaign's template (policy.suppression_applies),
-    with why."""
+    """The suppressed numbers and BSUIDs that stop this campaign's template
+    (policy.suppression_applies), with why."""
     return {
-        p: f"on the suppression list ({source}{': ' + reason if reason else ''})"
-        for p, source, reason, scope in session.execute(
-            select(Suppression.phone, Suppression.source, Suppression.reason, Suppression.scope))
+        p or u: f"on the suppression list ({source}{': ' + reason if reason else ''})"
+        for p, u, source, reason, scope in session.execute(
+            select(Suppression.phone, Suppression.user_id, Suppression.source, Suppression.reason, Suppression.scope))
         if policy.suppression_applies(scope, category)
     }
+
+
+def _user_ids(chunk: pd.DataFrame, column: str | None) -> list[str | None]:
+    """Each row's BSUID, stripped; None where the file has no such column or the cell is empty."""
+    if column is None:
+        return [None] * len(chunk)
+    return [v or None for v in chunk[column].str.strip().tolist()]
+
+
+class _People:
+    """The contacts a chunk's numbers and BSUIDs already belong to, so that a row naming a
+    person by one identity is a duplicate of a row naming them by the other, and a BSUID row
+    of a person whose number is known is sent to the number (Meta: `to` wins)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @staticmethod
+    def person(contact_id: int) -> str:
+        """The dedup key of a known contact (cannot be mistaken for a number or a BSUID)."""
+        return f"#{contact_id}"
+
+    def lookup(self, phones: list[str | None], user_ids: list[str | None]) -> dict[str, tuple[int, str | None, str | None]]:
+        """Identity (number, BSUID, or an old BSUID) -> (contact id, its number, its BSUID)."""
+        numbers = sorted({p for p in phones if p})
+        bsuids = sorted({u for u in user_ids if u and identity.is_user_id(u)})
+        found: dict[str, tuple[int, str | None, str | None]] = {}
+        rows = []
+        for chunk in batches(numbers):
+            rows += self.session.execute(select(Contact.id, Contact.phone, Contact.user_id).where(Contact.phone.in_(chunk))).all()
+        for chunk in batches(bsuids):
+            rows += self.session.execute(select(Contact.id, Contact.phone, Contact.user_id).where(Contact.user_id.in_(chunk))).all()
+            rows += self.session.execute(
+                select(Contact.id, Contact.phone, Contact.user_id, ContactAlias.identity)
+                .join(ContactAlias, ContactAlias.contact_id == Contact.id).where(ContactAlias.identity.in_(chunk))
+            ).all()
+        for row in rows:
+            for name in row[1:]:
+                if name:
+                    found[name] = (row[0], row[1], row[2])
+        return found
 
 
 # -- reading and normalizing ---------------------------------------------------------------
@@ -275,7 +331,7 @@ class _Reader:
         self.layout = layout
         self.region = region
         self.progress = progress
-        self.digits_are_international = layout.phone_column.strip().lower() == "wa_id"
+        self.digits_are_international = (layout.phone_column or "").strip().lower() == "wa_id"
 
     def _frames(self) -> Iterator[tuple[pd.DataFrame, int]]:
         with self.layout.path.open("rb") as f, warnings.catch_warnings():
@@ -325,7 +381,7 @@ class _Reader:
         pending: deque[tuple[pd.DataFrame, int, Future[_Numbers]]] = deque()
         depth = 2 * (os.cpu_count() or 1)
         for frame, position in frames:
-            raws = frame[self.layout.phone_column].tolist()
+            raws = self._raws(frame)
             pending.append((frame, position, pool.submit(_normalize_all, raws, self.region, self.digits_are_international)))
             if len(pending) >= depth:
                 done_frame, done_position, future = pending.popleft()
@@ -337,7 +393,13 @@ class _Reader:
             self._report(phase, done_position)
 
     def _normalize(self, frame: pd.DataFrame) -> _Numbers:
-        return _normalize_all(frame[self.layout.phone_column].tolist(), self.region, self.digits_are_international)
+        return _normalize_all(self._raws(frame), self.region, self.digits_are_international)
+
+    def _raws(self, frame: pd.DataFrame) -> list[str]:
+        """The phone column's values; all empty in a file of BSUIDs only."""
+        if self.layout.phone_column is None:
+            return [""] * len(frame)
+        return frame[self.layout.phone_column].tolist()
 
     def _report(self, phase: str, position: int) -> None:
         if self.progress is not None:
@@ -350,7 +412,9 @@ class _Reader:
 @dataclass
 class _Accepted:
     lines: list[int] = field(default_factory=list)
-    phones: list[str] = field(default_factory=list)
+    phones: list[str | None] = field(default_factory=list)
+    user_ids: list[str | None] = field(default_factory=list)
+    """The BSUID to keep with the number, or to send to when the number is None."""
     positions: list[int] = field(default_factory=list)
     """Row positions in the chunk, to pick their serialized params."""
 
@@ -359,49 +423,87 @@ class _Classifier:
     """Decides each row: accepted, or rejected with the first reason that applies."""
 
     def __init__(self, existing: set[str], suppressed: dict[str, str], unreachable: dict[str, str],
-                 checks: list[tuple[Target, str]]) -> None:
+                 checks: list[tuple[Target, str]], authentication: bool = False) -> None:
         self.existing = existing
         self.suppressed = suppressed
         self.unreachable = unreachable
         self.checks = checks
+        self.authentication = authentication
         self.seen: dict[str, int] = {}
 
     def classify(
-        self, chunk: pd.DataFrame, numbers: _Numbers, phone_column: str, result: ImportResult, rejects: _RejectsWriter
+        self, chunk: pd.DataFrame, numbers: _Numbers, user_ids: list[str | None],
+        known: dict[str, tuple[int, str | None, str | None]] | None, result: ImportResult, rejects: _RejectsWriter,
     ) -> _Accepted:
         blank = (chunk == "").all(axis=1).tolist()
         bad = self._bad_params(chunk)
         accepted = _Accepted()
-        for position, (line, e164) in enumerate(zip(chunk.index, numbers.e164)):
+        for position, (line, e164, user_id) in enumerate(zip(chunk.index, numbers.e164, user_ids)):
             if blank[position]:
                 continue  # an empty line is not a row
             result.rows += 1
-            reason, detail = self._reject_reason(e164, numbers.detail[position], bad[position])
+            invalid = numbers.detail[position]
+            if user_id is not None and e164 is None and invalid == "empty":
+                invalid = None  # a BSUID recipient: no number to normalize
+            keys, phone_, user_id_ = self._identities(e164, user_id, known)
+            reason, detail = self._reject_reason(keys, invalid, user_id, bad[position])
             if reason is not None:
                 result.count(reason)
                 rejects.write(line, reason, detail, chunk.iloc[position].tolist())
                 continue
-            assert e164 is not None
-            self.seen[e164] = line
-            result.us_numbers += numbers.is_us[position]
+            self.seen.update((k, line) for k in keys)
+            result.us_numbers += numbers.is_us[position] or (phone_ is None and identity.user_id_country(user_id_ or "") == "US")
             accepted.lines.append(line)
-            accepted.phones.append(e164)
+            accepted.phones.append(phone_)
+            accepted.user_ids.append(user_id_)
             accepted.positions.append(position)
         return accepted
 
-    def _reject_reason(self, e164: str | None, invalid: str | None, bad: str) -> tuple[Reason | None, str]:
-        if e164 is None:
+    @staticmethod
+    def _identities(e164: str | None, user_id: str | None, known: dict[str, tuple[int, str | None, str | None]] | None,
+                    ) -> tuple[list[str], str | None, str | None]:
+        """The row's dedup keys (its number, BSUID, and the contact either belongs to), and the
+        number and BSUID to stage: a known person's current ones where the row names them by
+        a BSUID only (or an old BSUID), the row's own otherwise."""
+        if user_id is not None and not identity.is_user_id(user_id):
+            return [], e164, user_id
+        keys = [k for k in (e164, user_id) if k]
+        if not known:
+            return keys, e164, user_id
+        by_phone = known.get(e164) if e164 else None
+        by_user_id = known.get(user_id) if user_id else None
+        keys += [_People.person(c[0]) for c in (by_phone, by_user_id) if c]
+        if by_phone is not None and by_phone[2]:
+            keys.append(by_phone[2])  # the person's BSUID: suppressed, or on another row
+        if e164 is None and by_user_id is not None:
+            contact_id, phone_, current = by_user_id
+            keys += [k for k in (phone_, current) if k]
+            return keys, phone_, current if phone_ is None else None
+        return keys, e164, user_id
+
+    def _reject_reason(self, keys: list[str], invalid: str | None, user_id: str | None,
+                       bad: str) -> tuple[Reason | None, str]:
+        if user_id is not None and (problem := identity.user_id_problem(user_id)):
+            return Reason.INVALID_NUMBER, problem
+        if invalid is not None:
             return Reason.INVALID_NUMBER, invalid or ""
         if bad:
             return Reason.BAD_PARAM, bad
-        if e164 in self.seen:
-            return Reason.DUPLICATE, f"{e164} is also on line {self.seen[e164]}"
-        if e164 in self.existing:
-            return Reason.DUPLICATE, f"{e164} is already in the campaign"
-        if e164 in self.suppressed:
-            return Reason.SUPPRESSED, self.suppressed[e164]
-        if e164 in self.unreachable:
-            return Reason.NOT_ON_WHATSAPP, self.unreachable[e164]
+        name = keys[0]
+        if self.authentication and not name.startswith("+") and not any(k.startswith("+") for k in keys):
+            return Reason.INVALID_NUMBER, (f"{name}: Meta does not send authentication templates to a user known only "
+                                           "by a business-scoped user id (131062)")
+        for key in keys:
+            if key in self.seen:
+                return Reason.DUPLICATE, f"{name} is also on line {self.seen[key]}" + ("" if key == name else " (the same person)")
+        for key in keys:
+            if key in self.existing:
+                return Reason.DUPLICATE, f"{name} is already in the campaign"
+        for key in keys:
+            if key in self.suppressed:
+                return Reason.SUPPRESSED, self.suppressed[key]
+        if name in self.unreachable:
+            return Reason.NOT_ON_WHATSAPP, self.unreachable[name]
         return None, ""
 
     def _bad_params(self, chunk: pd.DataFrame) -> list[str]:
@@ -436,9 +538,11 @@ class _Batch:
     """Writes each chunk's accepted rows set-based, through a staging table.
 
     The rows go to a temporary table with the driver's own `executemany` (no per-row ORM or
-    type processing: that was 20 us a row, most of a million-row import), then two
-    statements do the rest on both dialects: new numbers become contacts (shared by every
-    campaign), and every staged row becomes a `queued` message joined to its contact.
+    type processing: that was 20 us a row, most of a million-row import), then a few
+    statements do the rest on both dialects: new numbers and BSUIDs become contacts (shared by
+    every campaign; a BSUID given with a number is kept with it, and a contact known only by
+    that BSUID takes the number), and every staged row becomes a `queued` message joined to
+    its contact. Files without BSUIDs run only the two statements they always did.
     """
 
     def __init__(self, session: Session, campaign: Campaign, import_id: int, now: datetime) -> None:
@@ -448,11 +552,13 @@ class _Batch:
         connection = session.connection()
         self.postgres = connection.dialect.name == "postgresql"
         placeholder = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-        self.stage_sql = f"INSERT INTO import_staging (phone, row_number, params) VALUES ({placeholder}, {placeholder}, {placeholder})"
+        self.stage_sql = (f"INSERT INTO import_staging (phone, user_id, row_number, params) "
+                          f"VALUES ({placeholder}, {placeholder}, {placeholder}, {placeholder})")
         on_commit = " ON COMMIT DROP" if self.postgres else ""
         connection.exec_driver_sql("DROP TABLE IF EXISTS temp.import_staging" if not self.postgres else "DROP TABLE IF EXISTS import_staging")
         connection.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE import_staging (phone VARCHAR(20) NOT NULL, row_number INTEGER, params TEXT NOT NULL){on_commit}"
+            "CREATE TEMPORARY TABLE import_staging (phone VARCHAR(20), user_id VARCHAR(160), row_number INTEGER, "
+            f"params TEXT NOT NULL){on_commit}"
         )
 
     def write(self, chunk: pd.DataFrame, accepted: _Accepted) -> None:
@@ -461,19 +567,45 @@ class _Batch:
         # pandas serializes the chunk at C speed; one json.dumps per row costs seconds per million.
         params = chunk.iloc[accepted.positions].to_json(orient="records", lines=True, force_ascii=False).split("\n")
         connection = self.session.connection()
-        connection.exec_driver_sql(self.stage_sql, list(zip(accepted.phones, accepted.lines, params)))
+        connection.exec_driver_sql(self.stage_sql, list(zip(accepted.phones, accepted.user_ids, accepted.lines, params)))
+        with_user_ids = any(u is not None for u in accepted.user_ids)
+        if with_user_ids:
+            self.session.execute(_NUMBERS_FOR_USER_IDS)
         self.session.execute(_NEW_CONTACTS)
         self.session.execute(_STAGED_MESSAGES, self.constants)
+        if with_user_ids:
+            self.session.execute(_USER_IDS_FOR_NUMBERS)
+            self.session.execute(_NEW_USER_ID_CONTACTS)
+            self.session.execute(_STAGED_USER_ID_MESSAGES, self.constants)
         connection.exec_driver_sql("DELETE FROM import_staging")
         self.written += len(accepted.phones)
 
 
 # `WHERE true` lets SQLite tell the upsert's ON CONFLICT from a join condition.
-_NEW_CONTACTS = text("INSERT INTO contacts (phone) SELECT phone FROM import_staging WHERE true ON CONFLICT (phone) DO NOTHING")
+_NEW_CONTACTS = text("INSERT INTO contacts (phone) SELECT phone FROM import_staging WHERE phone IS NOT NULL "
+                     "ON CONFLICT (phone) DO NOTHING")
+_NEW_USER_ID_CONTACTS = text("INSERT INTO contacts (user_id) SELECT user_id FROM import_staging WHERE phone IS NULL "
+                             "ON CONFLICT (user_id) DO NOTHING")
+_NUMBERS_FOR_USER_IDS = text(
+    # A person known only by their BSUID, imported now with a number: the contact takes it.
+    "UPDATE contacts SET phone = (SELECT s.phone FROM import_staging s WHERE s.user_id = contacts.user_id) "
+    "WHERE phone IS NULL AND user_id IN (SELECT user_id FROM import_staging WHERE phone IS NOT NULL) "
+    "AND NOT EXISTS (SELECT 1 FROM contacts c JOIN import_staging s ON c.phone = s.phone WHERE s.user_id = contacts.user_id)"
+)
+_USER_IDS_FOR_NUMBERS = text(
+    "UPDATE contacts SET user_id = (SELECT s.user_id FROM import_staging s WHERE s.phone = contacts.phone) "
+    "WHERE user_id IS NULL AND phone IN (SELECT phone FROM import_staging WHERE user_id IS NOT NULL) "
+    "AND NOT EXISTS (SELECT 1 FROM contacts c JOIN import_staging s ON c.user_id = s.user_id WHERE s.phone = contacts.phone)"
+)
 _STAGED_MESSAGES = text(
     "INSERT INTO messages (campaign_id, contact_id, import_id, row_number, params, state, attempts, queued_at) "
     "SELECT :campaign_id, c.id, :import_id, s.row_number, s.params, :state, 0, :now "
     "FROM import_staging s JOIN contacts c ON c.phone = s.phone"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+_STAGED_USER_ID_MESSAGES = text(
+    "INSERT INTO messages (campaign_id, contact_id, import_id, row_number, params, state, attempts, queued_at) "
+    "SELECT :campaign_id, c.id, :import_id, s.row_number, s.params, :state, 0, :now "
+    "FROM import_staging s JOIN contacts c ON c.user_id = s.user_id WHERE s.phone IS NULL"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 

@@ -30,9 +30,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, case, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from campaign import contacts, phone, policy, suppressions
+from campaign import contacts, identity, phone, policy, suppressions
 from campaign.campaigns import RunningCampaign
 from campaign.db import Database
 from campaign.models import Campaign, Contact, Message, Suppression
@@ -41,6 +41,8 @@ from campaign.states import CampaignState, MessageState, SuppressionScope, Suppr
 
 GRACE = timedelta(minutes=10)
 """How long an in-doubt message waits for a webhook before it may be sent again."""
+_SUPPRESSED_PHONE = aliased(Suppression)
+_SUPPRESSED_USER_ID = aliased(Suppression)
 PAIR_MARGIN = 0.25
 """Seconds added to the pair interval: arrival times at Meta jitter around send times."""
 
@@ -52,7 +54,8 @@ class Claimed:
     id: int
     campaign_id: int
     contact_id: int
-    phone: str
+    phone: str | None
+    user_id: str | None
     params: dict[str, Any]
     attempts: int
     pair_hits: int
@@ -75,7 +78,7 @@ class Results:
     marketing_limited: dict[int, datetime] = field(default_factory=dict)
     """Contact id -> no marketing to it before then (131049)."""
     suppress: dict[str, tuple[str, SuppressionScope]] = field(default_factory=dict)
-    """Number -> why it goes on the suppression list, and for what (131050: marketing)."""
+    """Number or BSUID -> why it goes on the suppression list, and for what (131050: marketing)."""
 
     def __len__(self) -> int:
         return (len(self.sent) + len(self.failed) + len(self.retry) + len(self.in_doubt) + len(self.released)
@@ -175,11 +178,13 @@ class Outbox:
             # every millisecond it holds the GIL is a millisecond the send loop is late.
             rows = session.execute(
                 select(Message.id, Message.campaign_id, Message.params, Message.attempts, Message.pair_hits,
-                       Message.marketing_waits, Contact.id.label("contact_id"), Contact.phone, Contact.last_inbound_at,
-                       Contact.marketing_limited_until, Contact.unreachable_at,
-                       Suppression.scope.label("suppression_scope"))
+                       Message.marketing_waits, Contact.id.label("contact_id"), Contact.phone, Contact.user_id,
+                       Contact.last_inbound_at, Contact.marketing_limited_until, Contact.unreachable_at,
+                       _SUPPRESSED_PHONE.scope.label("phone_suppressed"), _SUPPRESSED_USER_ID.scope.label("user_id_suppressed"))
                 .join(Contact, Contact.id == Message.contact_id)
-                .outerjoin(Suppression, Suppression.phone == Contact.phone)
+                # A person is suppressed when either of their identities is.
+                .outerjoin(_SUPPRESSED_PHONE, _SUPPRESSED_PHONE.phone == Contact.phone)
+                .outerjoin(_SUPPRESSED_USER_ID, _SUPPRESSED_USER_ID.user_id == Contact.user_id)
                 .where(Message.id.in_(claimed_ids))
                 .order_by(Message.id)
             ).all()
@@ -222,15 +227,19 @@ class Outbox:
             campaign = by_id[row.campaign_id]
             decision = policy.choose_message(
                 policy.Recipient(
-                    suppressed=policy.suppression_applies(row.suppression_scope, campaign.category),
+                    suppressed=(policy.suppression_applies(row.phone_suppressed, campaign.category)
+                                or policy.suppression_applies(row.user_id_suppressed, campaign.category)),
                     last_inbound_at=row.last_inbound_at,
                     marketing_limited_until=row.marketing_limited_until,
                     unreachable_at=row.unreachable_at,
-                    in_united_states=campaign.marketing and phone.is_us(row.phone),
+                    in_united_states=campaign.marketing and (
+                        phone.is_us(row.phone) if row.phone else identity.user_id_country(row.user_id) == "US"),
+                    phone_less=row.phone is None,
                 ),
                 has_template=bool(campaign.spec.template_name),
                 has_text=campaign.spec.text_body is not None,
                 marketing=campaign.marketing,
+                authentication=campaign.category == "authentication",
                 now=now,
                 unreachable_for=unreachable_for,
             )
@@ -248,7 +257,7 @@ class Outbox:
                 already.add(row.contact_id)
             seen_contacts.add(row.contact_id)
             claimed.append(Claimed(
-                id=row.id, campaign_id=row.campaign_id, contact_id=row.contact_id, phone=row.phone,
+                id=row.id, campaign_id=row.campaign_id, contact_id=row.contact_id, phone=row.phone, user_id=row.user_id,
                 params=row.params, attempts=row.attempts, pair_hits=row.pair_hits, marketing_waits=row.marketing_waits,
                 choice=decision.choice, business_initiated=decision.business_initiated,
             ))

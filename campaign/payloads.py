@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from campaign import identity
 from campaign.binding import Source, SourceKind, expiration_ms
 from campaign.statuses import quick_reply_payload
 from campaign.templates import BODY_TEXT_LIMIT, MEDIA_KINDS, Kind, Target
@@ -68,10 +69,11 @@ def text_payload(spec: MessageSpec, to: str, row: Mapping[str, Any], callback_da
 
 
 def _envelope(to: str, kind: str, content: dict[str, Any], callback_data: str) -> dict[str, Any]:
+    """`to` is an E.164 number, or a BSUID: that goes in `recipient` (identity.address_field)."""
     return {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
-        "to": to,
+        identity.address_field(to): to,
         "type": kind,
         kind: content,
         "biz_opaque_callback_data": callback_data,

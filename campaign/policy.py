@@ -55,6 +55,8 @@ class Recipient:
     unreachable_at: datetime | None = None
     """When a message to them last failed with 131026."""
     in_united_states: bool = False
+    phone_less: bool = False
+    """Known only by a BSUID: Meta refuses authentication templates to these (131062)."""
 
 
 def suppression_applies(scope: str | None, category: str | None) -> bool:
@@ -72,7 +74,7 @@ def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:
 
 def choose_message(
     recipient: Recipient, *, has_template: bool, has_text: bool, marketing: bool, now: datetime,
-    unreachable_for: timedelta = UNREACHABLE_FOR,
+    unreachable_for: timedelta = UNREACHABLE_FOR, authentication: bool = False,
 ) -> Decision:
     """Template or free-form for one recipient, or why nothing may be sent (now, or at all).
 
@@ -89,6 +91,9 @@ def choose_message(
         return Decision(Choice.TEXT)
     if not has_template:
         return Decision(Choice.SKIP, "the 24-hour window is closed and the campaign has no template")
+    if authentication and recipient.phone_less:
+        return Decision(Choice.SKIP, "Meta does not send authentication templates to a user known only by a "
+                                     "business-scoped user id (131062)")
     if marketing and recipient.in_united_states:
         return Decision(Choice.SKIP, "Meta does not deliver marketing templates to United States numbers")
     if marketing and recipient.marketing_limited_until is not None and now < recipient.marketing_limited_until:

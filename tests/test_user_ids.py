@@ -3,6 +3,7 @@ withholds the phone number (whatsapp-usernames.md, golden fixtures §6)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -10,10 +11,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from sqlalchemy import func, select  # noqa: E402
 from test_reconcile import PHONE, WA_ID, T, contact, deliver, seed, suppressions, utc  # noqa: E402
 
 from campaign.db import Database  # noqa: E402
 from campaign.events import parse_event  # noqa: E402
+from campaign.models import Campaign, Contact, Message  # noqa: E402
+from campaign.states import MessageState  # noqa: E402
+from campaign.suppressions import suppress  # noqa: E402
 
 BSUID = "US.13491208655302741918"
 
@@ -77,14 +82,14 @@ def test_a_status_of_a_send_teaches_the_contact_its_user_id(db: Database) -> Non
 def test_a_stop_without_a_phone_number_suppresses_the_person_it_belongs_to(db: Database) -> None:
     seed(db, wamid="wamid.S1")
     deliver(db, delivered("wamid.S1", T), without_phone("STOP", T + 5))
-    assert suppressions(db) == {PHONE: "opt_out"}
+    assert suppressions(db) == {PHONE: "opt_out", BSUID: "opt_out"}
     assert contact(db).last_inbound_at == utc(T + 5)  # the window opens for the person too
 
 
 def test_a_marketing_stop_without_a_phone_number_suppresses_marketing(db: Database) -> None:
     seed(db, wamid="wamid.S1")
     deliver(db, delivered("wamid.S1", T), preference_stop(T + 5))
-    assert suppressions(db) == {PHONE: "opt_out"}
+    assert suppressions(db) == {PHONE: "opt_out", BSUID: "opt_out"}
 
 
 def test_a_stop_from_a_user_id_nobody_has_yet_is_kept_and_applied_when_it_is_linked(db: Database) -> None:
@@ -92,7 +97,7 @@ def test_a_stop_from_a_user_id_nobody_has_yet_is_kept_and_applied_when_it_is_lin
     stats = deliver(db, without_phone("STOP", T))
     assert stats.unmatched == 1 and suppressions(db) == {}
     linked = deliver(db, delivered("wamid.S1", T + 60))  # the first status of our send names the person
-    assert suppressions(db) == {PHONE: "opt_out"} and linked.inbound == 1
+    assert suppressions(db) == {PHONE: "opt_out", BSUID: "opt_out"} and linked.inbound == 1
     again = deliver(db, delivered("wamid.S1", T + 61))
     assert again.inbound == 0  # applied once
 
@@ -108,3 +113,156 @@ def test_the_report_shows_the_user_id_meta_named_the_recipient_by(db: Database) 
     export.write_report(db, "spring", stream, fmt="json")
     (row,) = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert (row["phone"], row["user_id"]) == (PHONE, BSUID)
+
+
+# -- the pure rules ------------------------------------------------------------------------------
+
+
+def test_a_bsuid_is_told_from_a_number_by_its_shape() -> None:
+    from campaign import identity
+
+    assert identity.is_user_id(BSUID) and identity.is_user_id("US.ENT.1181")
+    assert not identity.is_user_id("+4915123456789") and not identity.is_user_id("us.1234") and not identity.is_user_id("US.")
+    assert identity.user_id_problem("US 1234") is not None and identity.user_id_problem(BSUID) is None
+    assert (identity.address_field("+4915123456789"), identity.address_field(BSUID)) == ("to", "recipient")
+
+
+def test_a_bsuid_recipient_is_sent_through_the_recipient_field() -> None:
+    from campaign import payloads
+
+    spec = payloads.MessageSpec(template_name="hello_world", template_language="en_US")
+    to_number = payloads.template_payload(spec, PHONE, {}, "m1")
+    to_person = payloads.template_payload(spec, BSUID, {}, "m1")
+    assert to_number["to"] == PHONE and "recipient" not in to_number
+    assert to_person["recipient"] == BSUID and "to" not in to_person
+    assert to_person["recipient_type"] == "individual"  # Meta refuses "business_scoped_user_id" (code 100)
+
+
+def test_authentication_templates_are_never_sent_to_a_phone_less_recipient() -> None:
+    from campaign import policy
+
+    person = policy.Recipient(suppressed=False, last_inbound_at=None, phone_less=True)
+    refused = policy.choose_message(person, has_template=True, has_text=False, marketing=False, now=utc(T),
+                                    authentication=True)
+    assert refused.choice is policy.Choice.SKIP and "131062" in refused.reason
+    utility = policy.choose_message(person, has_template=True, has_text=False, marketing=False, now=utc(T))
+    assert utility.choice is policy.Choice.TEMPLATE
+
+
+# -- importing BSUID recipients --------------------------------------------------------------------
+
+
+def _import(db: Database, tmp_path: Path, body: str, name: str = "spring", category: str | None = None,
+            **options: Any) -> Any:
+    from campaign import campaigns
+    from campaign.importer import ImportOptions, import_file
+
+    with db.session() as session:
+        if session.scalar(select(Campaign.id).where(Campaign.name == name)) is None:
+            campaigns.create(session, campaigns.CampaignSpec(name, "hello_world", "en_US", category=category))
+    path = tmp_path / f"{name}.csv"
+    path.write_text(body, encoding="utf-8")
+    return import_file(db, name, path, ImportOptions(rejects_path=tmp_path / f"{name}-rejects.csv", **options))
+
+
+def _recipients(db: Database, name: str = "spring") -> list[tuple[str | None, str | None]]:
+    with db.read_session() as session:
+        return sorted(session.execute(
+            select(Contact.phone, Contact.user_id).join(Message, Message.contact_id == Contact.id)
+            .join(Campaign, Campaign.id == Message.campaign_id).where(Campaign.name == name)).all(),
+            key=str)
+
+
+def _rejects(tmp_path: Path, name: str = "spring") -> list[tuple[str, str, str]]:
+    with (tmp_path / f"{name}-rejects.csv").open(encoding="utf-8") as f:
+        return [(r["line"], r["reason"], r["detail"]) for r in csv.DictReader(f)]
+
+
+def test_a_row_with_a_bsuid_and_no_number_is_a_bsuid_recipient(db: Database, tmp_path: Path) -> None:
+    result = _import(db, tmp_path, f"name,phone,user_id\nAna,,{BSUID}\nBo,+4915123456780,\nCy,,not-an-id\nDi,,\n")
+    assert (result.imported, result.invalid) == (2, 2)
+    assert _recipients(db) == [("+4915123456780", None), (None, BSUID)]
+    lines = {line: (reason, detail) for line, reason, detail in _rejects(tmp_path)}
+    assert lines["4"][0] == "invalid_number" and "not a business-scoped user id" in lines["4"][1]
+    assert lines["5"] == ("invalid_number", "empty")
+
+
+def test_a_file_of_bsuids_only_needs_no_phone_column(db: Database, tmp_path: Path) -> None:
+    result = _import(db, tmp_path, f"ID\n{BSUID}\nGB.77\n", user_id_column="ID")
+    assert result.imported == 2 and _recipients(db) == [(None, "GB.77"), (None, BSUID)]
+
+
+def test_a_number_and_the_same_persons_bsuid_are_one_recipient(db: Database, tmp_path: Path) -> None:
+    # Meta named the person by both in a status of an earlier campaign's send.
+    seed(db, wamid="wamid.S1", campaign="earlier")
+    deliver(db, delivered("wamid.S1", T))
+    result = _import(db, tmp_path, f"phone,user_id\n{PHONE},\n,{BSUID}\n")
+    assert (result.imported, result.duplicate) == (1, 1)
+    assert _rejects(tmp_path) == [("3", "duplicate", f"{BSUID} is also on line 2")]
+    again = _import(db, tmp_path, f"user_id\n{BSUID}\n")
+    assert (again.imported, again.duplicate) == (0, 1)
+
+
+def test_a_row_with_both_ids_links_them_for_the_next_rows(db: Database, tmp_path: Path) -> None:
+    result = _import(db, tmp_path, f"phone,user_id\n{PHONE},{BSUID}\n,{BSUID}\n")
+    assert (result.imported, result.duplicate) == (1, 1)
+    assert _recipients(db) == [(PHONE, BSUID)]
+
+
+def test_a_bsuid_only_contact_takes_the_number_a_later_file_gives_it(db: Database, tmp_path: Path) -> None:
+    _import(db, tmp_path, f"user_id\n{BSUID}\n", name="first")
+    _import(db, tmp_path, f"phone,user_id\n{PHONE},{BSUID}\n", name="second")
+    assert _recipients(db, "first") == _recipients(db, "second") == [(PHONE, BSUID)]  # one person
+
+
+def test_a_suppressed_bsuid_is_not_imported(db: Database, tmp_path: Path) -> None:
+    with db.session() as session:
+        suppress(session, [BSUID], reason="asked")
+    result = _import(db, tmp_path, f"phone,user_id\n,{BSUID}\n")
+    assert (result.imported, result.suppressed) == (0, 1)
+
+
+def test_an_authentication_campaign_refuses_bsuid_only_rows(db: Database, tmp_path: Path) -> None:
+    result = _import(db, tmp_path, f"phone,user_id\n,{BSUID}\n{PHONE},\n", category="authentication")
+    assert (result.imported, result.invalid) == (1, 1)
+    assert "131062" in _rejects(tmp_path)[0][2]
+
+
+def test_suppress_takes_bsuids_too(cli: Any) -> None:
+    assert cli("suppress", "+49 1512 3456789", BSUID).exit_code == 0
+    assert cli("unsuppress", BSUID).output.strip() == "unsuppressed 1 number"
+
+
+# -- a number or BSUID that changes -----------------------------------------------------------------
+
+NEW_WA_ID, NEW_BSUID = "4915199999999", "US.99"
+
+
+def changed_number(ts: int) -> bytes:
+    return envelope("messages", {"messages": [{
+        "from": WA_ID, "from_user_id": NEW_BSUID, "id": f"wamid.sys{ts}", "timestamp": str(ts), "type": "system",
+        "system": {"body": f"User A changed from {WA_ID} to {NEW_WA_ID}", "wa_id": NEW_WA_ID,
+                   "type": "user_changed_number", "user_id": NEW_BSUID, "previous_user_id": BSUID}}]})
+
+
+def test_a_changed_number_rekeys_the_contact_and_its_opt_out_survives(db: Database) -> None:
+    seed(db, wamid="wamid.S1")
+    deliver(db, delivered("wamid.S1", T), without_phone("STOP", T + 5))
+    deliver(db, changed_number(T + 100))
+    person = contact(db, "+" + NEW_WA_ID)
+    assert person.user_id == NEW_BSUID
+    # The opt-out holds for the new ids as for the old (the old number may be someone else's now).
+    assert suppressions(db) == {PHONE: "opt_out", BSUID: "opt_out", "+" + NEW_WA_ID: "opt_out", NEW_BSUID: "opt_out"}
+    # A late webhook with an old id still finds the person instead of making a new contact.
+    deliver(db, without_phone("hello again", T + 200))
+    with db.read_session() as session:
+        assert session.scalar(select(func.count()).select_from(Contact)) == 1
+    assert contact(db, "+" + NEW_WA_ID).last_inbound_at == utc(T + 200)
+
+
+def test_the_recorded_number_change_moves_the_contact(db: Database) -> None:
+    fixture = json.loads((Path(__file__).parents[2] / "shared/fixtures/meta-webhooks/system.json").read_text())
+    seed(db, phone="+972987654321", wamid=None, state=MessageState.QUEUED)
+    deliver(db, json.dumps(fixture["phone_number_change"]).encode())
+    assert contact(db, "+972912345678").id is not None
+    deliver(db, json.dumps(fixture["identity_change"]).encode())  # a new device: kept, not applied
