@@ -20,4 +20,7 @@ Graph paths: ``POST /{version}/{phone-number-id}/messages``, ``.../contacts``, `
 Controls live under ``/_sandbox/``: ``health``, ``config`` (GET, PATCH), ``reset``, ``ledger``,
 ``figures``, ``inbound``, ``window``, ``marketing-preferences``, ``template-status``, ``quality``,
 ``capability`` (the last three post Meta's account-level webhooks), ``webhooks``.
+Every user has a business-scoped user id (``recipients.user_id_of``, reversible by ``wa_id_of_user``):
+webhooks carry it as Meta's do since 2026, ``/messages`` accepts it in ``recipient``, and users with a
+username (``username_numbers``, ``username_fraction``) are named by it alone.
 """

@@ -109,6 +109,10 @@ class SandboxConfig:
     not_on_whatsapp_fraction: float = 0.0
     marketing_limited_fraction: float = 0.0
     marketing_opted_out_fraction: float = 0.0
+    # Users with a username whose number Meta withholds: webhooks name them by BSUID only (no
+    # ``from``, ``wa_id``, ``recipient_id``) and carry ``profile.username`` (whatsapp-usernames.md §2).
+    username_numbers: frozenset[str] = frozenset()
+    username_fraction: float = 0.0
     # How many 131049 failures a marketing-limited user gets before their next marketing template
     # is delivered (a retry after the wait succeeds); None = every attempt fails.
     marketing_limited_times: int | None = None
@@ -256,7 +260,7 @@ def _merge_templates(base: list[Template], extra: list[Template]) -> list[Templa
 
 _FRACTIONS = (
     "transient_rate", "transient_503_share", "transient_sent_fraction",
-    "not_on_whatsapp_fraction", "marketing_limited_fraction", "marketing_opted_out_fraction",
+    "not_on_whatsapp_fraction", "marketing_limited_fraction", "marketing_opted_out_fraction", "username_fraction",
     "delivered_fraction", "read_fraction", "sent_before_failed_fraction", "duplicate_rate",
     "out_of_order_rate", "skip_delivered_rate",
 )
@@ -266,6 +270,7 @@ _KINDS: dict[str, str] = {
     "latency_ms": "range", "sent_delay_ms": "range", "delivered_delay_ms": "range",
     "read_delay_ms": "range", "failed_delay_ms": "range",
     "not_on_whatsapp": "numbers", "marketing_limited": "numbers", "marketing_opted_out": "numbers",
+    "username_numbers": "numbers",
     "block_us_marketing": "bool", "rewrite_wa_ids": "bool",
     "window_seconds": "float", "webhook_batch_max": "int", "webhook_flush_interval": "float",
     "webhook_retry_base": "float", "webhook_retry_max_delay": "float", "webhook_max_attempts": "int",

@@ -26,12 +26,13 @@ from campaign.sandbox.health import (NODE_TYPE, TIER_OF_DAILY_LIMIT, QualityEven
                                      capability_value, phone_number_json)
 from campaign.sandbox.ledger import Ledger, LedgerEntry
 from campaign.sandbox.meta_errors import MetaError
-from campaign.sandbox.recipients import Profile, canonical_wa_id, is_us_number, profile_of
+from campaign.sandbox.recipients import (PROFILE_NAME, Profile, User, canonical_wa_id, is_us_number, profile_of,
+                                         user_of, wa_id_of_user)
 from campaign.sandbox.rules import (Media, PairSpacing, SendRequest, ServiceWindows, ThroughputWindow,
                                     link_fetchable, summarize, validate_send)
 from campaign.sandbox.templates import STATUS_AFTER_EVENT, Template, TemplateRegistry
-from campaign.sandbox.webhooks import (Conversation, WebhookSender, inbound_value, plan_statuses, status_object,
-                                       template_status_value, user_preferences_value)
+from campaign.sandbox.webhooks import (Conversation, WebhookSender, contact, inbound_message, inbound_value,
+                                       plan_statuses, status_object, template_status_value, user_preferences_value)
 
 logger = logging.getLogger("campaign.sandbox")
 
@@ -58,6 +59,13 @@ def _accepted_body(to: str, wa_id: str, wamid: str) -> bytes:
     return (b'{"messaging_product":"whatsapp","contacts":[{"input":%s,"wa_id":"%s"}],'
             b'"messages":[{"id":"%s","message_status":"accepted"}]}'
             % (json.dumps(to, ensure_ascii=False).encode("utf-8"), wa_id.encode(), wamid.encode()))
+
+
+def _accepted_by_user_id_body(user_id: str, wamid: str) -> dict[str, Any]:
+    """Meta's 200 answer to a send addressed by BSUID: ``user_id`` in place of ``wa_id``, which a
+    BSUID-only send never gets back (whatsapp-usernames.md §3)."""
+    return {"messaging_product": "whatsapp", "contacts": [{"input": user_id, "user_id": user_id}],
+            "messages": [{"id": wamid, "message_status": "accepted"}]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +166,8 @@ class Sandbox:
         entry.template_name, entry.template_language = summary.template_name, summary.template_language
         entry.components = summary.components
         entry.callback_data = summary.callback_data
+        if summary.recipient is not None:
+            entry.addressed_by, entry.user_id = "recipient", summary.recipient
         if not self.authorized(authorization, query_token):
             return self._refuse(entry, meta_errors.invalid_token())
         if parse_error is not None:
@@ -187,6 +197,8 @@ class Sandbox:
         if logger.isEnabledFor(_DEBUG):
             logger.debug("POST /%s/messages to=%s type=%s template=%s -> 200 %s", phone_number_id, request.to,
                          request.type, entry.template_name, wamid)
+        if request.user_id is not None:
+            return Reply(200, _accepted_by_user_id_body(request.user_id, wamid))
         return Reply(200, _accepted_body(request.to, request.wa_id, wamid))
 
     def check_contacts(self, phone_number_id: str, raw_body: bytes, authorization: str | None,
@@ -309,16 +321,15 @@ class Sandbox:
     def inbound(self, data: dict[str, Any]) -> dict[str, Any]:
         """A user writes to the business: open their window and post the inbound-message webhook.
 
-        ``{"from": "+...", "text": "STOP"}``, or ``"button": {"payload", "text"}`` (a template's
-        quick reply), or ``"interactive": {...}``; optional ``name``, ``phone_number_id``,
-        ``context`` (the wamid replied to) and ``timestamp`` (unix seconds).
+        ``{"from": "+...", "text": "STOP"}`` (or ``"user_id": BSUID`` in place of ``from``), or
+        ``"button": {"payload", "text"}`` (a template's quick reply), or ``"interactive": {...}``;
+        optional ``name``, ``phone_number_id``, ``context`` (the wamid replied to) and ``timestamp``
+        (unix seconds). A user whose number is withheld writes without ``from``.
         """
-        sender = data.get("from")
-        if not isinstance(sender, str) or not digits(sender):
-            raise ControlError("'from' must be a phone number")
-        wa_id = canonical_wa_id(sender, self.config.rewrite_wa_ids)
+        user = self._control_user(data, "from")
+        wa_id = user.wa_id
         wall = float(data.get("timestamp", self._wall()))
-        message: dict[str, Any] = {"from": wa_id, "id": self._new_wamid(wa_id), "timestamp": str(int(wall))}
+        message = inbound_message(user, self._new_wamid(user.phone or user.user_id), int(wall))
         if isinstance(data.get("context"), str):
             message["context"] = {"from": self.config.display_phone_number, "id": data["context"]}
         if isinstance(data.get("button"), dict):
@@ -338,16 +349,15 @@ class Sandbox:
         self.windows.open(wa_id, wall, phone_number_id)
         if self.config.webhook_url:
             self.webhooks.schedule_value(self._clock(), phone_number_id or self.config.phone_number_id,
-                                         inbound_value(wa_id, str(data.get("name", "Sandbox User")), message))
+                                         inbound_value(user, str(data.get("name", PROFILE_NAME)), message))
         logger.debug("inbound %s from %s", message["type"], wa_id)
-        return {"id": message["id"], "wa_id": wa_id, "window_open_until": int(wall + self.config.window_seconds)}
+        return {"id": message["id"], "wa_id": wa_id, "user_id": user.user_id,
+                "window_open_until": int(wall + self.config.window_seconds)}
 
     def set_window(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Open (``{"to", "open": true, "age_seconds"?: s}``) or close a user's window without a webhook."""
-        number = data.get("to", data.get("from", data.get("wa_id")))
-        if not isinstance(number, str) or not digits(number):
-            raise ControlError("'to' must be a phone number")
-        wa_id = canonical_wa_id(number, self.config.rewrite_wa_ids)
+        """Open (``{"to", "open": true, "age_seconds"?: s}``) or close a user's window without a webhook;
+        the user may be named by ``user_id`` (a BSUID) in place of ``to``."""
+        wa_id = self._control_user(data, "to", "from", "wa_id").wa_id
         phone_number_id = data.get("phone_number_id")
         if data.get("open", True):
             at = float(data["at"]) if "at" in data else self._wall() - float(data.get("age_seconds", 0))
@@ -364,11 +374,13 @@ class Sandbox:
         self.windows.open(wa_id, self._wall() if at is None else at, phone_number_id)
 
     def marketing_preference(self, data: dict[str, Any]) -> dict[str, Any]:
-        """The user stops (``"value": "stop"``) or resumes marketing messages; posts ``user_preferences``."""
-        number, value = data.get("from"), data.get("value", "stop")
-        if not isinstance(number, str) or not digits(number) or value not in ("stop", "resume"):
-            raise ControlError("give 'from' (a phone number) and 'value' ('stop' or 'resume')")
-        wa_id = canonical_wa_id(number, self.config.rewrite_wa_ids)
+        """The user (``from``, or ``user_id``: a BSUID) stops (``"value": "stop"``) or resumes marketing
+        messages; posts ``user_preferences``."""
+        value = data.get("value", "stop")
+        if value not in ("stop", "resume"):
+            raise ControlError("'value' must be 'stop' or 'resume'")
+        user = self._control_user(data, "from")
+        wa_id = user.wa_id
         if value == "stop":
             self._opted_out.add(wa_id)
         else:
@@ -376,10 +388,10 @@ class Sandbox:
         if self.config.webhook_url:
             phone_number_id = data.get("phone_number_id") or self.config.phone_number_id
             self.webhooks.schedule_value(self._clock(), phone_number_id,
-                                         user_preferences_value(wa_id, str(data.get("name", "Sandbox User")),
+                                         user_preferences_value(user, str(data.get("name", PROFILE_NAME)),
                                                                 value, int(self._wall())),
                                          field_name="user_preferences")
-        return {"wa_id": wa_id, "value": value}
+        return {"wa_id": wa_id, "user_id": user.user_id, "value": value}
 
     def template_status(self, data: dict[str, Any]) -> dict[str, Any]:
         """Meta changes a template's status: ``{"name", "language", "event", "reason"?}`` (plus optional
@@ -472,6 +484,22 @@ class Sandbox:
                          entry.to, entry.type, entry.template_name, error.http_status, error.code)
         return _error_reply(error)
 
+    def _control_user(self, data: dict[str, Any], *number_keys: str) -> User:
+        """The user a control request names: by phone number under the first of ``number_keys``
+        present, else by BSUID under ``user_id``."""
+        number = next((data[key] for key in number_keys if data.get(key) is not None), None)
+        if number is not None:
+            if not isinstance(number, str) or not digits(number):
+                raise ControlError(f"'{number_keys[0]}' must be a phone number")
+            return user_of(canonical_wa_id(number, self.config.rewrite_wa_ids), self.config, digits(number))
+        user_id = data.get("user_id")
+        if user_id is None:
+            raise ControlError(f"give '{number_keys[0]}' (a phone number) or 'user_id' (a BSUID)")
+        wa_id = wa_id_of_user(user_id) if isinstance(user_id, str) else None
+        if wa_id is None:
+            raise ControlError(f"'user_id' {user_id!r} is not a business-scoped user id of this sandbox")
+        return user_of(wa_id, self.config)
+
     def _log_refusal(self, endpoint: str, error: MetaError) -> Reply:
         logger.debug("%s -> %d code %d", endpoint, error.http_status, error.code)
         return _error_reply(error)
@@ -500,7 +528,8 @@ class Sandbox:
                 return media_id
 
     def _new_wamid(self, wa_id: str) -> str:
-        # Real wamids are base64 of a protobuf-ish blob holding the number and a message id.
+        # Real wamids are base64 of a protobuf-ish blob holding the number and a message id (the
+        # sandbox puts a BSUID there when the number must not show).
         raw = f"{wa_id}\x15\x02\x00\x11\x18\x12{self._id_salt}{next(self._ids):012X}".encode()
         return "wamid.HBgL" + base64.b64encode(raw).decode().rstrip("=")
 
@@ -510,7 +539,7 @@ class Sandbox:
         config = self.config
         self._throughput.record(phone_number_id, now)
         self._pairs.record(phone_number_id, request.wa_id, now, config.pair_interval)
-        wamid = self._new_wamid(request.wa_id)
+        wamid = self._new_wamid(request.user_id or request.wa_id)  # the id it was sent to, as Meta's do
         entry.wamid = wamid
         in_window = self.windows.is_open(request.wa_id, phone_number_id, wall, config.window_seconds)
         if request.free_form:
@@ -528,18 +557,28 @@ class Sandbox:
         # Per-message pricing (July 2025): service messages and utility templates inside an open
         # window are free; everything else is billed at the template's category.
         free = category == "service" or (category == "utility" and in_window)
+        by_phone = request.user_id is None
+        user = user_of(request.wa_id, config, digits(request.to) if by_phone else None)
+        # whatsapp-usernames.md §2: the number when the send named it, or when Meta shows it; the
+        # BSUID always but on a ``failed`` sent to a phone; contacts on all but ``failed``, the
+        # username not on ``sent``.
+        recipient_id = request.wa_id if by_phone else user.phone
         for planned in plan:
-            status = status_object(wamid, planned.status, int(wall + planned.happened_after), request.wa_id,
+            failed = planned.status == "failed"
+            status = status_object(wamid, planned.status, int(wall + planned.happened_after), recipient_id,
+                                   recipient_user_id=None if failed and by_phone else user.user_id,
                                    callback_data=request.callback_data, conversation=conversation,
                                    category=category, billable=not free,
                                    pricing_type="free_customer_service" if free else "regular",
                                    error=failure)
-            self.webhooks.schedule_status(now + planned.posted_after, phone_number_id, status)
+            contacts = None if failed else [contact(user, PROFILE_NAME, with_username=planned.status != "sent")]
+            self.webhooks.schedule_status(now + planned.posted_after, phone_number_id, status, contacts)
         return wamid
 
     def _failure_for(self, request: SendRequest, in_window: bool, phone_number_id: str) -> MetaError | None:
         """Meta's silent failures: accepted with 200, then a ``failed`` status."""
-        profile = profile_of(request.wa_id, self.config, self._opted_out, digits(request.to))
+        input_digits = digits(request.to) if request.user_id is None else None
+        profile = profile_of(request.wa_id, self.config, self._opted_out, input_digits)
         if profile is Profile.NOT_ON_WHATSAPP:
             return meta_errors.undeliverable()
         if request.free_form and not in_window:

@@ -26,7 +26,8 @@ class LedgerEntry:
     Shape (``as_dict``, and ``GET /_sandbox/ledger``'s ``entries``)::
 
         {"seq": 12, "monotonic": 8123.4, "wall": 1767225600.1, "phone_number_id": "1065...",
-         "to": "+4915112345678", "wa_id": "4915112345678", "type": "template",
+         "to": "+4915112345678", "wa_id": "4915112345678", "addressed_by": "to", "user_id": null,
+         "type": "template",
          "template_name": "promo_image", "template_language": "en_US",
          "components": [{"type": "header", "parameters": [{"type": "image", "image": {"id": "..."}}]},
                         {"type": "body", "parameters": [{"type": "text", "text": "Ana"}]},
@@ -36,6 +37,9 @@ class LedgerEntry:
          "wamid": "wamid.HBgL...", "sent_anyway": false, "window_open": null, "fate": "read",
          "failure_code": null}
 
+    ``wa_id`` is the person whichever field named them; ``addressed_by`` says which did: ``"to"``
+    (a phone number; then ``user_id`` is null) or ``"recipient"`` (a BSUID, in ``user_id``; ``to`` is
+    null), so a test can count one person's messages across both identities.
     ``components`` is the template's ``components`` exactly as the request sent it (None for
     other types or when absent): the very list parsed from the body, kept by reference and never
     copied, so each recipient's values can be checked at their targets without slowing sends.
@@ -47,6 +51,8 @@ class LedgerEntry:
     phone_number_id: str
     to: str | None = None
     wa_id: str | None = None
+    addressed_by: str = "to"  # "to" or "recipient": which field of the request named the user
+    user_id: str | None = None  # the BSUID given in ``recipient`` (sends addressed by BSUID only)
     type: str | None = None
     template_name: str | None = None
     template_language: str | None = None

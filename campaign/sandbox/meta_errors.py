@@ -146,6 +146,15 @@ def template_text_too_long(details: str) -> MetaError:
     return MetaError(400, 132005, "Translated text too long", "(#132005) Translated text too long", details)
 
 
+def bsuid_not_supported() -> MetaError:
+    """131062: a message that may not be sent to a business-scoped user id (one-tap, zero-tap and
+    copy-code authentication templates); send it to the phone number (whatsapp-usernames.md §3)."""
+    return MetaError(400, 131062, "BSUID recipients are not supported for this message",
+                     "(#131062) BSUID recipients are not supported for this message",
+                     "Authentication templates cannot be sent to a business-scoped user ID. Send the message "
+                     "to the user's phone number instead.")
+
+
 def throughput_exceeded() -> MetaError:
     """130429: more messages per second than the number's throughput."""
     return MetaError(400, 130429, "Rate limit hit", "(#130429) Rate limit hit",

@@ -3,12 +3,16 @@
 Meta answers with a canonical ``wa_id`` that may differ from the input (Mexico, Brazil), and some
 numbers are not on WhatsApp or are limited for marketing; those facts are about the user, so
 they are decided here from the number alone (deterministically, so a demo is repeatable).
+So is a user's business-scoped user id (BSUID) and whether Meta shows their number at all: a
+user with a username may be known to the business by BSUID only (whatsapp-usernames.md).
 """
 from __future__ import annotations
 
 import enum
 import functools
 import hashlib
+import re
+from dataclasses import dataclass
 
 import phonenumbers
 
@@ -95,3 +99,83 @@ def is_us_number(wa_id: str) -> bool:
     except phonenumbers.NumberParseException:
         return False
     return phonenumbers.region_code_for_number(parsed) == "US"
+
+
+# --- business-scoped user ids and usernames (whatsapp-usernames.md) -------------------------------
+
+PROFILE_NAME = "Sandbox User"  # the profile name of a user the sandbox was given no name for
+_SANDBOX_BSUID = re.compile(r"([A-Z]{2})\.7([0-9]{8,15})")
+_NO_REGION = ("ZZ", "001")
+
+
+def _region_of(wa_id: str) -> str:
+    """The ISO region of the number's country calling code (``1`` -> ``US``), ``ZZ`` when it has none.
+
+    Calling codes are prefix-free, so the first of the 1-3 digit prefixes that is one is the one."""
+    for size in (1, 2, 3):
+        code = int(wa_id[:size]) if wa_id[:size].isdecimal() else 0
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            region = phonenumbers.region_code_for_country_code(code)
+            return "ZZ" if not region or region in _NO_REGION else region
+    return "ZZ"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def user_id_of(wa_id: str) -> str:
+    """The user's business-scoped user id (BSUID): ``"<region>.7<the wa_id's digits reversed>"``.
+
+    The sandbox's own scheme, not Meta's: Meta's BSUIDs are opaque (and per business portfolio).
+    This one is reversible (``wa_id_of_user``) so tests and the emulator agree on who a BSUID is
+    without a registry, and it has Meta's format (region, ``.``, at most 128 alphanumerics).
+    Cached: every status webhook of every send names it."""
+    return f"{_region_of(wa_id)}.7{wa_id[::-1]}"
+
+
+def wa_id_of_user(user_id: str) -> str | None:
+    """The wa_id a sandbox BSUID stands for; None for anything else (malformed, a parent
+    ``ENT`` id, another scheme's id, a region that is not the number's)."""
+    if not isinstance(user_id, str):
+        return None
+    match = _SANDBOX_BSUID.fullmatch(user_id)
+    if match is None:
+        return None
+    wa_id = match.group(2)[::-1]
+    if wa_id[0] == "0" or user_id_of(wa_id) != user_id:
+        return None
+    return wa_id
+
+
+def username_of(wa_id: str) -> str:
+    """The username the sandbox gives a user: ``@user`` + the last four digits of the number."""
+    return "@user" + wa_id[-4:]
+
+
+def withholds_number(wa_id: str, config: SandboxConfig, input_digits: str | None = None) -> bool:
+    """Whether the user has a username and Meta withholds their number from webhooks: listed in
+    ``username_numbers`` (by wa_id or by the input's digits) or in the ``username_fraction`` slice,
+    hashed apart from the profile fractions so a username user may also be, say, marketing-limited."""
+    numbers = config.username_numbers
+    if numbers and (wa_id in numbers or (input_digits is not None and input_digits in numbers)):
+        return True
+    fraction = config.username_fraction
+    return fraction > 0 and _unit_hash("username:" + wa_id) < fraction
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """How Meta names one person in webhooks: always by BSUID, by number only when not withheld."""
+
+    wa_id: str
+    user_id: str
+    username: str | None  # set exactly for the users whose number is withheld
+
+    @property
+    def phone(self) -> str | None:
+        """The number as webhooks may show it (``from``, ``wa_id``, ``recipient_id``), or None."""
+        return None if self.username is not None else self.wa_id
+
+
+def user_of(wa_id: str, config: SandboxConfig, input_digits: str | None = None) -> User:
+    """The person behind ``wa_id`` as this configuration scripts them."""
+    withheld = withholds_number(wa_id, config, input_digits)
+    return User(wa_id, user_id_of(wa_id), username_of(wa_id) if withheld else None)

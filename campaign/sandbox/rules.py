@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from campaign.sandbox import meta_errors
 from campaign.sandbox.meta_errors import MetaError
-from campaign.sandbox.recipients import canonical_wa_id
+from campaign.sandbox.recipients import canonical_wa_id, wa_id_of_user
 from campaign.sandbox.templates import MEDIA_FORMATS, SENDABLE_STATUSES, Button, Shape, Template, TemplateRegistry
 
 MESSAGE_TYPES = ("text", "image", "audio", "video", "document", "sticker", "location", "contacts",
@@ -33,14 +33,15 @@ Media = tuple[str, str]  # ("id", media id) or ("link", URL): what Meta fetches 
 class SendRequest:
     """A send that passed validation: what the limits and the webhook plan need to know."""
 
-    to: str
-    wa_id: str
+    to: str  # the input: the phone number in ``to``, or the BSUID in ``recipient``
+    wa_id: str  # the person, whichever field named them: limits, window and rules key on it
     type: str
     template: Template | None
     callback_data: str | None
     content_key: bytes  # same recipient + same content_key = the same message sent again
     # The media Meta must fetch after accepting: ("id", media id) or ("link", URL), in send order.
     media: tuple[Media, ...] = ()
+    user_id: str | None = None  # the BSUID of a send addressed by ``recipient`` (None: by ``to``)
 
     @property
     def free_form(self) -> bool:
@@ -63,6 +64,8 @@ class RequestSummary:
     template_language: str | None
     callback_data: str | None
     components: list[Any] | None = None  # the template's components as sent (a reference, not a copy)
+    # What ``recipient`` gave when ``to`` is absent (``to`` wins): a BSUID, or the str of whatever else.
+    recipient: str | None = None
 
 
 def summarize(payload: Any) -> RequestSummary:
@@ -75,6 +78,7 @@ def summarize(payload: Any) -> RequestSummary:
     language = template.get("language") if isinstance(template.get("language"), dict) else {}
     callback = payload.get("biz_opaque_callback_data")
     components = template.get("components")
+    recipient = payload.get("recipient") if not to else None
     return RequestSummary(
         to if isinstance(to, str) else None,
         kind if isinstance(kind, str) else None,
@@ -82,11 +86,15 @@ def summarize(payload: Any) -> RequestSummary:
         language.get("code") if isinstance(language.get("code"), str) else None,
         callback if isinstance(callback, str) else None,
         components if isinstance(components, list) else None,
+        None if recipient is None else str(recipient),
     )
 
 
 def validate_send(payload: Any, registry: TemplateRegistry, rewrite_wa_ids: bool = True) -> SendRequest | MetaError:
-    """Check a ``/messages`` body as Meta does; return the accepted request or the error to answer."""
+    """Check a ``/messages`` body as Meta does; return the accepted request or the error to answer.
+
+    Without ``to`` the user may be named by BSUID in ``recipient`` (whatsapp-usernames.md §3): the
+    send goes to the person the sandbox's BSUID stands for, except an authentication template (131062)."""
     if not isinstance(payload, dict):
         return meta_errors.invalid_parameter("The request body must be a JSON object.")
     product = payload.get("messaging_product")
@@ -100,10 +108,21 @@ def validate_send(payload: Any, registry: TemplateRegistry, rewrite_wa_ids: bool
         return meta_errors.invalid_parameter(
             f'Param recipient_type must be one of {{INDIVIDUAL, GROUP}} - got "{recipient_type}".')
     to = payload.get("to")
+    user_id: str | None = None
     if to is None or to == "":
-        return meta_errors.invalid_parameter("The parameter to is required.", "(#100) The parameter to is required.")
-    if not isinstance(to, str) or not any(ch.isdigit() for ch in to):
+        if payload.get("recipient") is None:
+            return meta_errors.invalid_parameter("The parameter to is required.",
+                                                 "(#100) The parameter to is required.")
+        # ``recipient`` counts only without ``to`` (Meta: both given, ``to`` wins): the phone
+        # hot path never looks at it.
+        to = user_id = payload["recipient"]
+        wa_id = _person_of_user_id(user_id, recipient_type)
+        if isinstance(wa_id, MetaError):
+            return wa_id
+    elif not isinstance(to, str) or not any(ch.isdigit() for ch in to):
         return meta_errors.invalid_parameter("Param to must be a phone number.")
+    else:
+        wa_id = canonical_wa_id(to, rewrite_wa_ids)
     # Meta documents `type` as optional with `text` as the default.
     kind = payload.get("type", "text")
     if kind not in MESSAGE_TYPES:
@@ -141,8 +160,24 @@ def validate_send(payload: Any, registry: TemplateRegistry, rewrite_wa_ids: bool
             media = (("link", obj["link"]) if isinstance(obj.get("link"), str) else ("id", obj["id"]),)
     if problem is not None:
         return problem
-    return SendRequest(to=to, wa_id=canonical_wa_id(to, rewrite_wa_ids), type=kind, template=template,
-                       callback_data=callback, content_key=_content_key(kind, obj), media=media)
+    if user_id is not None and template is not None and template.category == "AUTHENTICATION":
+        return meta_errors.bsuid_not_supported()
+    return SendRequest(to=to, wa_id=wa_id, type=kind, template=template, callback_data=callback,
+                       content_key=_content_key(kind, obj), media=media, user_id=user_id)
+
+
+def _person_of_user_id(user_id: Any, recipient_type: Any) -> str | MetaError:
+    """The wa_id of the user a ``recipient`` names; code 100 for anything but an individual
+    named by a BSUID the sandbox issued (``recipient_type: business_scoped_user_id`` is refused
+    even so, as field reports say Meta does: whatsapp-usernames.md §3)."""
+    if recipient_type != "individual":
+        return meta_errors.invalid_parameter(
+            f'Param recipient_type must be INDIVIDUAL for a recipient - got "{recipient_type}".')
+    wa_id = wa_id_of_user(user_id) if isinstance(user_id, str) else None
+    if wa_id is None:
+        return meta_errors.invalid_parameter(
+            f"Param recipient must be the business-scoped user ID of a WhatsApp user - got {user_id!r}.")
+    return wa_id
 
 
 def _content_key(kind: str, obj: Any) -> bytes:

@@ -192,7 +192,7 @@ class SandboxServer(BackgroundServer):
         self.call(self.sandbox.reset)
 
     def inbound(self, **message: Any) -> dict[str, Any]:
-        """A user writes in: ``inbound(**{"from": "+49...", "text": "hi"})``."""
+        """A user writes in: ``inbound(**{"from": "+49...", "text": "hi"})``, or by BSUID: ``inbound(user_id=...)``."""
         return self.call(self.sandbox.inbound, message)
 
     def template_status(self, name: str, language: str, event: str, reason: str | None = None,

@@ -4,6 +4,11 @@ Meta batches updates (up to 1,000 per POST, batching not guaranteed), delivers c
 duplicates and any order occur, may skip ``delivered`` when a message is read at once, and
 retries a non-200 answer with decreasing frequency. A receiver must hash the exact bytes it got,
 so a retry re-sends the very same bytes. (whatsapp-cloud-api.md, "Webhooks".)
+
+Users are named as Meta has since 2026 (whatsapp-usernames.md §2): by business-scoped user id
+always, by number only when Meta shows it, and a key that does not apply is left out, never
+``""`` nor null. Each status is posted as its own ``value`` with its recipient's ``contacts``
+(none on ``failed``), since SDKs read ``contacts[0]`` as the contact of ``statuses[0]``.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import httpx
 
 from campaign.sandbox.config import SandboxConfig
 from campaign.sandbox.meta_errors import MetaError
+from campaign.sandbox.recipients import User
 
 logger = logging.getLogger("campaign.sandbox")
 
@@ -42,13 +48,16 @@ def sign_sha1(body: bytes, secret: str) -> str:
 def envelope(waba_id: str, phone_number_id: str, display_phone_number: str, value: dict[str, Any],
              field_name: str = "messages") -> dict[str, Any]:
     """Wrap a ``value`` as Meta's webhook body: object, entry[id], changes[value, field]."""
-    full_value = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": display_phone_number, "phone_number_id": phone_number_id},
-        **value,
-    }
-    return {"object": "whatsapp_business_account",
-            "entry": [{"id": waba_id, "changes": [{"value": full_value, "field": field_name}]}]}
+    return envelope_many(waba_id, phone_number_id, display_phone_number, [value], field_name)
+
+
+def envelope_many(waba_id: str, phone_number_id: str, display_phone_number: str, values: list[dict[str, Any]],
+                  field_name: str = "messages") -> dict[str, Any]:
+    """Wrap several ``value``s of one sender as one webhook body, one change each."""
+    metadata = {"display_phone_number": display_phone_number, "phone_number_id": phone_number_id}
+    changes = [{"value": {"messaging_product": "whatsapp", "metadata": metadata, **value}, "field": field_name}
+               for value in values]
+    return {"object": "whatsapp_business_account", "entry": [{"id": waba_id, "changes": changes}]}
 
 
 def account_envelope(waba_id: str, time: int, field_name: str, value: dict[str, Any]) -> dict[str, Any]:
@@ -72,13 +81,31 @@ class Conversation:
     origin: str
 
 
-def status_object(wamid: str, status: str, timestamp: int, recipient_id: str, *,
+def contact(user: User, name: str, with_username: bool = True) -> dict[str, Any]:
+    """One ``contacts[]`` item: the profile (its ``username`` for username users), ``wa_id`` when
+    the number is shown, ``user_id`` always."""
+    profile = {"name": name}
+    if with_username and user.username is not None:
+        profile["username"] = user.username
+    item: dict[str, Any] = {"profile": profile}
+    if user.phone is not None:
+        item["wa_id"] = user.phone
+    item["user_id"] = user.user_id
+    return item
+
+
+def status_object(wamid: str, status: str, timestamp: int, recipient_id: str | None, *,
+                  recipient_user_id: str | None = None,
                   callback_data: str | None = None, conversation: Conversation | None = None,
                   category: str | None = None, billable: bool = True, pricing_type: str = "regular",
                   error: MetaError | None = None) -> dict[str, Any]:
-    """One ``value.statuses[]`` item, shaped like Meta's (fixtures/meta-webhooks/message_status.json)."""
-    item: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(int(timestamp)),
-                            "recipient_id": recipient_id}
+    """One ``value.statuses[]`` item, shaped like Meta's (fixtures/meta-webhooks/message_status.json);
+    ``recipient_id`` / ``recipient_user_id`` are left out when None."""
+    item: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(int(timestamp))}
+    if recipient_id is not None:
+        item["recipient_id"] = recipient_id
+    if recipient_user_id is not None:
+        item["recipient_user_id"] = recipient_user_id
     if callback_data is not None:
         item["biz_opaque_callback_data"] = callback_data
     if status == "failed":
@@ -97,18 +124,33 @@ def status_object(wamid: str, status: str, timestamp: int, recipient_id: str, *,
     return item
 
 
-def inbound_value(wa_id: str, name: str, message: dict[str, Any]) -> dict[str, Any]:
-    """``value`` of an inbound-message webhook: the sender's profile and the message."""
-    return {"contacts": [{"profile": {"name": name}, "wa_id": wa_id}], "messages": [message]}
+def inbound_message(user: User, wamid: str, timestamp: int) -> dict[str, Any]:
+    """The head of an inbound ``messages[]`` item: ``from`` (when the number is shown),
+    ``from_user_id``, ``id``, ``timestamp``; the caller adds ``type`` and its content."""
+    message: dict[str, Any] = {}
+    if user.phone is not None:
+        message["from"] = user.phone
+    message["from_user_id"] = user.user_id
+    message["id"] = wamid
+    message["timestamp"] = str(int(timestamp))
+    return message
 
 
-def user_preferences_value(wa_id: str, name: str, value: str, timestamp: int) -> dict[str, Any]:
+def inbound_value(user: User, name: str, message: dict[str, Any]) -> dict[str, Any]:
+    """``value`` of an inbound-message webhook: the sender's contact and the message."""
+    return {"contacts": [contact(user, name)], "messages": [message]}
+
+
+def user_preferences_value(user: User, name: str, value: str, timestamp: int) -> dict[str, Any]:
     """``value`` of a ``user_preferences`` webhook: the user stopped or resumed marketing messages."""
     detail = {"stop": "User requested to stop marketing messages",
               "resume": "User requested to resume marketing messages"}[value]
-    return {"contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
-            "user_preferences": [{"wa_id": wa_id, "detail": detail, "category": "marketing_messages",
-                                  "value": value, "timestamp": int(timestamp)}]}
+    item: dict[str, Any] = {}
+    if user.phone is not None:
+        item["wa_id"] = user.phone
+    item["user_id"] = user.user_id
+    item.update(detail=detail, category="marketing_messages", value=value, timestamp=int(timestamp))
+    return {"contacts": [contact(user, name)], "user_preferences": [item]}
 
 
 def template_status_value(template_id: str, name: str, language: str, category: str, event: str,
@@ -194,7 +236,7 @@ class WebhookStats:
         return data
 
 
-_STATUS, _OTHER, _WHOLE = 0, 1, 2  # a statuses[] item, a value to wrap, a body already wrapped
+_STATUS, _OTHER, _WHOLE = 0, 1, 2  # a status value (batched), a value posted alone, a body already wrapped
 
 
 class WebhookSender:
@@ -241,9 +283,12 @@ class WebhookSender:
             await self._client.aclose()
             self._client = None
 
-    def schedule_status(self, due: float, phone_number_id: str, status: dict[str, Any]) -> None:
-        """Post ``status`` (a ``statuses[]`` item) at monotonic time ``due``, batched with others."""
-        heapq.heappush(self._heap, (due, next(self._seq), _STATUS, phone_number_id, "messages", status))
+    def schedule_status(self, due: float, phone_number_id: str, status: dict[str, Any],
+                        contacts: list[dict[str, Any]] | None = None) -> None:
+        """Post ``status`` (a ``statuses[]`` item, with its recipient's ``contacts`` unless None) at
+        monotonic time ``due``, batched with others into one body (a change each)."""
+        value = {"statuses": [status]} if contacts is None else {"contacts": contacts, "statuses": [status]}
+        heapq.heappush(self._heap, (due, next(self._seq), _STATUS, phone_number_id, "messages", value))
         self.stats.scheduled += 1
 
     def schedule_value(self, due: float, phone_number_id: str, value: dict[str, Any],
@@ -318,8 +363,7 @@ class WebhookSender:
         for phone_number_id, items in statuses.items():
             for start in range(0, len(items), size):
                 batch = items[start:start + size]
-                body = envelope(config.waba_id, phone_number_id, config.display_phone_number,
-                                {"statuses": batch})
+                body = envelope_many(config.waba_id, phone_number_id, config.display_phone_number, batch)
                 bodies.append((encode(body), len(batch)))
         for body, count in bodies:
             task = asyncio.create_task(self._deliver(body, count, self._generation))

@@ -91,6 +91,11 @@ class Receiver:
         return [c["value"] for d in self.accepted() for e in d.body["entry"] for c in e["changes"]
                 if "messages" in c["value"]]
 
+    def status_values(self) -> list[dict[str, Any]]:
+        """Every ``value`` carrying ``statuses[]`` (with its ``contacts``, if any), in arrival order."""
+        return [c["value"] for d in self.accepted() for e in d.body["entry"] for c in e["changes"]
+                if "statuses" in c["value"]]
+
     def changes(self, field: str) -> list[tuple[Delivery, dict[str, Any]]]:
         """Every ``entry`` of a POST answered 200 that carries a change of ``field``, with its POST."""
         return [(d, e) for d in self.accepted() for e in d.body["entry"]
@@ -102,6 +107,22 @@ class Receiver:
             if time.monotonic() > deadline:
                 raise AssertionError(f"receiver: condition not met in {timeout}s; got {len(self.deliveries)} POSTs")
             time.sleep(0.01)
+
+
+ERROR_KEYS = {"message", "type", "code", "error_data", "fbtrace_id"}
+
+
+def assert_meta_error(response: httpx.Response, status: int, code: int) -> dict:
+    """Check ``response`` is Meta's error body with this HTTP status and code; return the error."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert ERROR_KEYS <= set(error) <= ERROR_KEYS | {"error_subcode"}
+    assert error["type"] == "OAuthException"
+    assert error["code"] == code
+    assert error["error_data"]["messaging_product"] == "whatsapp"
+    assert isinstance(error["error_data"]["details"], str) and error["error_data"]["details"]
+    assert isinstance(error["fbtrace_id"], str) and error["fbtrace_id"]
+    return error
 
 
 def client_for(server: SandboxServer, token: str | None = TOKEN) -> httpx.Client:

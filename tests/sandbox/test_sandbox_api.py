@@ -8,22 +8,8 @@ import httpx
 import pytest
 
 from campaign.sandbox.templates import Template, default_templates
-from sandbox_helpers import (PHONE_ID, TOKEN, VERSION, WABA_ID, client_for, messages_path, template_message,
-                             text_message)
-
-ERROR_KEYS = {"message", "type", "code", "error_data", "fbtrace_id"}
-
-
-def assert_meta_error(response: httpx.Response, status: int, code: int) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert ERROR_KEYS <= set(error) <= ERROR_KEYS | {"error_subcode"}
-    assert error["type"] == "OAuthException"
-    assert error["code"] == code
-    assert error["error_data"]["messaging_product"] == "whatsapp"
-    assert isinstance(error["error_data"]["details"], str) and error["error_data"]["details"]
-    assert isinstance(error["fbtrace_id"], str) and error["fbtrace_id"]
-    return error
+from sandbox_helpers import (PHONE_ID, TOKEN, VERSION, WABA_ID, assert_meta_error, client_for, messages_path,
+                             template_message, text_message)
 
 
 # --- token ---------------------------------------------------------------------------------------------

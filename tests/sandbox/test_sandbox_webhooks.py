@@ -36,13 +36,14 @@ def test_a_delivered_message_reports_sent_delivered_read_in_metas_shape(make_san
     assert body["object"] == "whatsapp_business_account"
     [entry] = body["entry"]
     assert entry["id"] == WABA_ID
-    [change] = entry["changes"]
+    change = entry["changes"][0]  # statuses posted together come as a change each
     assert change["field"] == "messages"
     value = change["value"]
     assert value["messaging_product"] == "whatsapp"
     assert value["metadata"]["phone_number_id"] == PHONE_ID and value["metadata"]["display_phone_number"]
     sent = next(s for s in receiver.statuses() if s["status"] == "sent")
     assert sent["recipient_id"] == "4915112345678"
+    assert sent["recipient_user_id"] == "DE.78765432115194"
     assert sent["biz_opaque_callback_data"] == "outbox-42"
     assert isinstance(sent["timestamp"], str) and sent["timestamp"].isdigit()
     assert sent["pricing"] == {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "utility"}
@@ -60,8 +61,9 @@ def test_status_objects_have_the_keys_of_metas_recorded_webhooks(make_sandbox, r
         [status] = recorded[case]["entry"][0]["changes"][0]["value"]["statuses"]
         return set(status)
 
-    assert set(ours["sent"]) == keys("with_tracker")
-    assert set(ours["delivered"]) == keys("delivered") | {"biz_opaque_callback_data"}
+    # The recording predates BSUIDs (2026), which every status now carries.
+    assert set(ours["sent"]) == keys("with_tracker") | {"recipient_user_id"}
+    assert set(ours["delivered"]) == keys("delivered") | {"biz_opaque_callback_data", "recipient_user_id"}
     assert set(ours["sent"]["conversation"]) == set(recorded["sent"]["entry"][0]["changes"][0]["value"]
                                                     ["statuses"][0]["conversation"])
     recorded_envelope = recorded["sent"]
@@ -92,10 +94,11 @@ def test_an_inbound_message_opens_the_window_so_free_form_is_delivered(make_sand
     assert answer.status_code == 200
     receiver.wait_for(lambda r: len(r.messages()) == 1)
     [value] = receiver.messages()
-    assert value["contacts"] == [{"profile": {"name": "Ana"}, "wa_id": "4915112345678"}]
+    assert value["contacts"] == [{"profile": {"name": "Ana"}, "wa_id": "4915112345678",
+                                  "user_id": "DE.78765432115194"}]
     [message] = value["messages"]
-    assert (message["from"], message["type"], message["text"], message["id"]) == (
-        "4915112345678", "text", {"body": "Hi!"}, answer.json()["id"])
+    assert (message["from"], message["from_user_id"], message["type"], message["text"], message["id"]) == (
+        "4915112345678", "DE.78765432115194", "text", {"body": "Hi!"}, answer.json()["id"])
     assert receiver.accepted()[0].verifies(SECRET)
 
     wamid = send(server, text_message("+4915112345678"))
