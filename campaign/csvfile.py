@@ -54,7 +54,7 @@ def inspect(path: str | Path, phone_column: str | None = None, user_id_column: s
     text = head.removeprefix(_BOM).decode("utf-8", errors="ignore")
     header_line = text.splitlines()[0] if text.strip() else ""
     delimiter = max(DELIMITERS, key=header_line.count) if any(d in header_line for d in DELIMITERS) else ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)  # "\r" alone ends a line too
     columns = next(reader, [])
     if not any(c.strip() for c in columns):
         raise CampaignError(f"{name}: line 1 should be a header naming the columns, and it is blank")
@@ -68,6 +68,72 @@ def inspect(path: str | Path, phone_column: str | None = None, user_id_column: s
             raise
         phones = None
     return CsvLayout(path, delimiter, columns, phones, size, user_ids)
+
+
+def check_short_rows(layout: CsvLayout) -> None:
+    """Raise naming the first row with fewer fields than the header (a ragged row).
+
+    pandas pads such a row with empty strings without a word, so a shifted or truncated line
+    would import with its values in the wrong columns. pyarrow's parser counts every row's
+    fields, quotes (and quoted newlines) understood, at a few hundred MB/s and in bounded
+    memory; only a row it flags is looked at in Python, and the file is read once more, with
+    the csv module, only to name the flagged row's line. A blank line is not a row (nor one
+    of nothing but delimiters and spaces: it carries nothing to lose). Rows longer than the
+    header are left to the reader (importer._Reader), which names them itself."""
+    expected = len(layout.columns)
+    if expected < 2:
+        return
+    import pyarrow as pa  # only imports read files this way: a worker never loads it
+    import pyarrow.csv as pacsv
+
+    blank = layout.delimiter + " \t\r\n"
+    short: list[str] = []
+
+    def on_invalid(row: object) -> str:
+        text = getattr(row, "text", "") or ""
+        if getattr(row, "actual_columns", expected) >= expected or not text.strip(blank):
+            return "skip"
+        short.append(text)
+        return "error"
+
+    names = [f"c{i}" for i in range(expected)]
+    # One thread is as fast for a stream, and leaves no thread pool behind for the import's
+    # forked workers to inherit.
+    try:
+        reader = pacsv.open_csv(
+            layout.path,
+            read_options=pacsv.ReadOptions(column_names=names, block_size=_BLOCK, use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter=layout.delimiter, newlines_in_values=True,
+                                              invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(include_columns=names[:1], column_types={names[0]: pa.string()}),
+        )
+        for _ in reader:
+            pass
+    except (pa.ArrowInvalid, OSError):
+        if not short:
+            return  # something else pyarrow could not read: the reader says what, if it matters
+    if short:
+        line, fields = _short_row_line(layout, expected)
+        where = f"line {line}" if line else f"the row {short[0][:60]!r}"
+        have = f"{fields} field{'s' if fields != 1 else ''}" if line else "fewer fields"
+        raise CampaignError(f"{layout.path}: {where} has {have}, the header has {expected}")
+
+
+def _short_row_line(layout: CsvLayout, expected: int) -> tuple[int, int]:
+    """The line where the first row with fewer fields than the header (and something in
+    them) starts, and its field count; (0, 0) if the csv module sees none."""
+    with layout.path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=layout.delimiter)
+        try:
+            next(reader, None)
+            start = reader.line_num + 1
+            for row in reader:
+                if len(row) < expected and any(cell.strip() for cell in row):
+                    return start, len(row)
+                start = reader.line_num + 1
+        except csv.Error:  # a field over the csv module's limit: the row is named by its text
+            pass
+    return 0, 0
 
 
 def check_encoding(f: io.BufferedReader, name: str) -> None:

@@ -124,6 +124,7 @@ def import_file(
         campaign = _importable(session, campaign_name)
     layout = csvfile.inspect(path, options.phone_column, options.user_id_column)
     checks = _bound_columns(campaign, layout)
+    csvfile.check_short_rows(layout)
     reader = _Reader(layout, region, progress)
 
     unreachable: dict[str, str] = {}
@@ -337,6 +338,7 @@ class _Reader:
         with self.layout.path.open("rb") as f, warnings.catch_warnings():
             # Rows longer than the header: pandas would take the first column as an index,
             # or (index_col=False) drop the extra fields with only a warning. Either loses data.
+            # (Shorter rows pandas pads in silence: csvfile.check_short_rows refused them already.)
             warnings.simplefilter("error", pd.errors.ParserWarning)
             try:
                 reader = pd.read_csv(
