@@ -17,11 +17,12 @@ from sqlalchemy.orm import Session
 from campaign.exceptions import CampaignError
 from campaign.clock import utcnow
 from campaign.events import TEMPLATE_STOPPED
-from campaign.models import Campaign, MediaUpload, Message, TemplateStatus
+from campaign.models import Campaign, Contact, MediaUpload, Message, TemplateStatus
 from campaign import binding, errors
 from campaign.binding import Binding, Source, SourceKind
 from campaign.payloads import MessageSpec
 from campaign.templates import TemplateInfo, parse_template
+from campaign.sql import batches
 from campaign.states import CampaignState, MessageState
 
 HEADER_TYPES = ("image", "video", "document")
@@ -205,9 +206,17 @@ def resume(session: Session, campaign: Campaign, *, now: datetime | None = None)
     campaign.pause_code = None
 
 
+LAUNCHABLE = (CampaignState.DRAFT, CampaignState.PAUSED, CampaignState.SCHEDULED)
+
+
+def require_launchable(campaign: Campaign) -> None:
+    """Refuse (CampaignError) a campaign whose state does not allow a launch."""
+    _require(campaign, LAUNCHABLE, "launch")
+
+
 def launch(session: Session, campaign: Campaign, *, at: datetime | None = None, now: datetime | None = None) -> None:
     """`draft` or `paused` → `running`, or `scheduled` until `at`."""
-    _require(campaign, (CampaignState.DRAFT, CampaignState.PAUSED, CampaignState.SCHEDULED), "launch")
+    require_launchable(campaign)
     now = now or utcnow()
     if at is not None and at > now:
         campaign.state = CampaignState.SCHEDULED
@@ -220,7 +229,14 @@ def launch(session: Session, campaign: Campaign, *, at: datetime | None = None, 
 
 
 def cancel(session: Session, campaign: Campaign, *, now: datetime | None = None) -> int:
-    """End the campaign: its queued messages become `cancelled`. Returns how many."""
+    """End the campaign: its queued messages become `cancelled`. Returns how many.
+
+    So do those a worker has claimed but not yet marked in flight (`sending` without
+    `sending_at`: they never left, outbox.py), and their recipients are freed as a worker
+    giving them back would free them. The update races a worker's `mark_in_flight` on the
+    same rows and exactly one wins: a message either left (and is recorded as sent) or is
+    cancelled. Messages a worker gives back after this (marked, but their slot not reached)
+    are cancelled by the next `complete_finished`."""
     _require(campaign, (CampaignState.DRAFT, CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.PAUSED), "cancel")
     now = now or utcnow()
     campaign.state = CampaignState.CANCELLED
@@ -229,6 +245,28 @@ def cancel(session: Session, campaign: Campaign, *, now: datetime | None = None)
         update(Message)
         .where(Message.campaign_id == campaign.id, Message.state == MessageState.QUEUED)
         .values(state=MessageState.CANCELLED)
+    )
+    claimed = list(session.scalars(
+        update(Message)
+        .where(Message.campaign_id == campaign.id, Message.state == MessageState.SENDING, Message.sending_at.is_(None))
+        .values(state=MessageState.CANCELLED, lease_owner=None, lease_expires_at=None)
+        .returning(Message.contact_id)
+    ))
+    for batch in batches(sorted(set(claimed))):
+        session.execute(update(Contact).where(Contact.id.in_(batch)).values(next_send_at=now))
+    return result.rowcount + len(claimed)  # type: ignore[attr-defined,no-any-return]
+
+
+def cancel_leftovers(session: Session) -> int:
+    """Messages of cancelled campaigns back in the queue (a worker gave back what it held when
+    the cancel came, an in-doubt send was re-queued, a retry came due) become `cancelled`:
+    nothing sends a cancelled campaign, and none of its messages waits for it."""
+    cancelled = select(Campaign.id).where(Campaign.state == CampaignState.CANCELLED)
+    result = session.execute(
+        update(Message)
+        .where(Message.campaign_id.in_(cancelled), Message.state == MessageState.QUEUED)
+        .values(state=MessageState.CANCELLED, next_attempt_at=None)
+        .execution_options(synchronize_session=False)
     )
     return result.rowcount  # type: ignore[attr-defined,no-any-return]
 
@@ -348,7 +386,9 @@ def _uploads(session: Session, sender: str | None, paths: list[str], now: dateti
 
 
 def complete_finished(session: Session, now: datetime) -> list[str]:
-    """Running campaigns with nothing queued or sending become `completed`."""
+    """Running campaigns with nothing queued or sending become `completed` (and the
+    leftovers of cancelled ones are cancelled: `cancel_leftovers`)."""
+    cancel_leftovers(session)
     busy = select(Message.id).where(
         Message.campaign_id == Campaign.id, Message.state.in_([MessageState.QUEUED, MessageState.SENDING])
     )

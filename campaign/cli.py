@@ -410,7 +410,9 @@ def _parse_at(value: str | None) -> datetime | None:
 def launch(app: AppContext, name: str, at: str | None, detach: bool) -> None:
     """Start campaign NAME (draft or paused), in the foreground unless --detach."""
     database = app.database()
-    campaign = sending.launch(database, app.settings, name, at=_parse_at(at), warn=_warn)
+    # In the foreground this process sends next: its token and sender are checked with the
+    # template, before the state changes (a refused launch leaves the campaign as it was).
+    campaign = sending.launch(database, app.settings, name, at=_parse_at(at), warn=_warn, sends_here=not detach)
     if campaign.state == "scheduled":
         click.echo(f"campaign {name!r} scheduled for {campaign.scheduled_at:%Y-%m-%d %H:%M:%S %Z}", err=True)
     if detach:

@@ -107,9 +107,20 @@ def check(db: Database, settings: Settings, name: str, *, now: datetime | None =
 
 
 def launch(db: Database, settings: Settings, name: str, *, at: datetime | None = None,
-           warn: Callable[[str], None] | None = None) -> Campaign:
-    """Start (or schedule) a campaign, after the pre-flight (`check`; `warn` as there)."""
-    checked = check(db, settings, name, warn=warn)
+           warn: Callable[[str], None] | None = None, sends_here: bool = False,
+           now: datetime | None = None) -> Campaign:
+    """Start (or schedule) a campaign, after the pre-flight (`check`; `warn` as there).
+
+    Every check that can refuse comes before the state changes, so a refused launch leaves the
+    campaign as it was: its state allows a launch; with `sends_here` (`campaign launch` in the
+    foreground: this process sends it next) what sending needs, a token and a sender
+    (`require_sending`); then the template (`check`)."""
+    now = now or utcnow()
+    with db.read_session() as session:
+        campaigns.require_launchable(campaigns.get(session, name))
+    if sends_here:
+        require_sending(db, settings, name)
+    checked = check(db, settings, name, now=now, warn=warn)
     if checked.template_category is None:
         (warn or log.warning)(
             f"the category of template {checked.template_name!r} is unknown (set WA_BUSINESS_ACCOUNT_ID, or create "
@@ -117,8 +128,17 @@ def launch(db: Database, settings: Settings, name: str, *, at: datetime | None =
             "marketing Meta refuses it to United States numbers and to people it limits (131049)")
     with db.session() as session:
         campaign = campaigns.get(session, name)
-        campaigns.launch(session, campaign, at=at)
+        campaigns.launch(session, campaign, at=at, now=now)
         return campaign
+
+
+def require_sending(db: Database, settings: Settings, name: str) -> None:
+    """What a worker needs to send campaign `name` from these settings: a token and a sender
+    (the campaign's own phone-number id, else WA_PHONE_NUMBER_ID). Raises CampaignError."""
+    client_factory(settings)
+    with db.read_session() as session:
+        campaign = campaigns.get(session, name)
+    campaigns.require_sender(campaign.phone_number_id, settings.phone_number_id)
 
 
 def build_dispatcher(
