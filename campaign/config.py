@@ -38,6 +38,9 @@ class Settings:
     """Seconds a worker holds claimed messages; a dead worker's claims return after it."""
     send_grace: float = 600.0
     """Seconds an in-doubt message waits for a status webhook before it may be sent again."""
+    server_error_grace: float = 60.0
+    """The same, for a send Meta answered with a 5xx (it may have sent it all the same): shorter,
+    since Meta answered and its `sent` status, if any, comes within seconds."""
     explicit: frozenset[str] = field(default=frozenset(), repr=False)
     """The fields the environment, `.env` or an option set (the rest are defaults): an explicit
     `CAMPAIGN_MPS` wins over the throughput Meta reports for a sender (health.py)."""
@@ -81,13 +84,14 @@ _VARIABLES: dict[str, tuple[str, type]] = {
     "CAMPAIGN_REDIS_URL": ("redis_url", str),
     "CAMPAIGN_LEASE": ("lease", float),
     "CAMPAIGN_SEND_GRACE": ("send_grace", float),
+    "CAMPAIGN_SERVER_ERROR_GRACE": ("server_error_grace", float),
     "CAMPAIGN_MARKETING_RETRY_AFTER": ("marketing_retry_after", float),
     "CAMPAIGN_MARKETING_RETRIES": ("marketing_retries", int),
     "CAMPAIGN_UNREACHABLE_DAYS": ("unreachable_days", float),
     "CAMPAIGN_BREAKER_WINDOW": ("breaker_window", int),
     "CAMPAIGN_BREAKER_THRESHOLD": ("breaker_threshold", float),
 }
-_ZERO_ALLOWED = {"pair_interval", "send_grace", "marketing_retry_after", "marketing_retries", "unreachable_days",
+_ZERO_ALLOWED = {"pair_interval", "send_grace", "server_error_grace", "marketing_retry_after", "marketing_retries", "unreachable_days",
                  "breaker_threshold"}
 assert {name for name, _ in _VARIABLES.values()} <= {f.name for f in fields(Settings)}
 

@@ -52,11 +52,12 @@ def sample_recipients() -> Path:
 
 
 def sandbox_config(webhook_url: str, token: str, secret: str) -> SandboxConfig:
-    """Meta as a campaign meets it: latency, 3% not on WhatsApp, 2% transient faults,
-    95% delivered, 60% of those read within seconds (sped up from hours for the demo)."""
+    """Meta as a campaign meets it: latency, 3% not on WhatsApp, 2% transient faults (half of
+    them answered 5xx though the message went out), 95% delivered, 60% of those read within
+    seconds (sped up from hours for the demo)."""
     return SandboxConfig(
         access_token=token, app_secret=secret, phone_number_id=SENDER, waba_id=WABA,
-        latency_ms=(80.0, 250.0), transient_rate=0.02, not_on_whatsapp_fraction=0.03,
+        latency_ms=(80.0, 250.0), transient_rate=0.02, transient_sent_fraction=0.5, not_on_whatsapp_fraction=0.03,
         webhook_url=webhook_url, sent_delay_ms=(50.0, 300.0), delivered_delay_ms=(200.0, 1500.0),
         read_delay_ms=(500.0, 4000.0), delivered_fraction=0.95, read_fraction=0.6,
         duplicate_rate=0.05, out_of_order_rate=0.05, seed=2026,
@@ -72,8 +73,11 @@ def run(
     folder = Path(folder or tempfile.mkdtemp(prefix="campaign-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     token, secret = secrets.token_hex(16), secrets.token_hex(16)
+    # The sandbox posts a status within a second of a send: a 5xx whose message did not go out
+    # is sent again after 3 s here, not Meta's CAMPAIGN_SERVER_ERROR_GRACE.
     settings = Settings(database_url=f"sqlite:///{folder / 'campaign.db'}", access_token=token, app_secret=secret,
-                        verify_token=secrets.token_hex(8), phone_number_id=SENDER, business_account_id=WABA)
+                        verify_token=secrets.token_hex(8), phone_number_id=SENDER, business_account_id=WABA,
+                        server_error_grace=3.0)
     db = Database.open(settings.database_url)
     try:
         with BackgroundServer(create_app(Database.open(settings.database_url), settings)) as receiver:

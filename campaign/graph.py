@@ -109,6 +109,16 @@ class Uncertain(TransportError):
     blindly; a status webhook carrying its callback data, or a grace period, settles it."""
 
 
+class ServerError(Uncertain):
+    """Meta answered 5xx (500 with 131000, 503 with code 2, a gateway error): an answer, not
+    a verdict. Meta may have acted on the request (whatsapp-cloud-api.md), so the message is
+    in doubt like a timed-out one, though for a shorter wait (CAMPAIGN_SERVER_ERROR_GRACE)."""
+
+    def __init__(self, error: GraphError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 # Only these prove the request never left: aiohttp raises them before a byte is written, and
 # it never retries a POST by itself.
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
@@ -216,9 +226,8 @@ class GraphClient:
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 raise Uncertain(f"200 without a message id: {content[:200]!r}") from exc
         error = GraphError.from_answer(status, content)
-        if error.code is None and status >= 500:
-            # A gateway error without Meta's body: the request may have been processed behind it.
-            raise Uncertain(f"HTTP {status} without an error body")
+        if status >= 500:
+            raise ServerError(error)
         raise error
 
     async def fetch_templates(self, waba_id: str, name: str | None = None) -> list[dict[str, Any]]:

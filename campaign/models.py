@@ -227,6 +227,9 @@ class Message(Base):
     """How often it went back to wait for Meta's per-user marketing limit (131049)."""
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
     sending_at: Mapped[datetime | None]
+    in_doubt_until: Mapped[datetime | None]
+    """Marked in flight, its request may have reached Meta: not sent again before this time
+    unless a status webhook settles it (outbox.recover)."""
     sent_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     read_at: Mapped[datetime | None]

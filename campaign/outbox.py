@@ -7,14 +7,19 @@ The lifecycle of one message, and why it is safe:
   serializes it with `BEGIN IMMEDIATE`). The same transaction reserves each recipient for
   the pair interval (`contacts.next_send_at`), so two workers or two campaigns never message
   one person closer than the interval.
-- in flight: `sending_at` is committed *before* the HTTP request leaves. From then on the
-  message may have reached Meta.
+- in flight: `sending_at` is committed *before* the HTTP request leaves, with
+  `in_doubt_until` (now + the grace). From then on the message may have reached Meta. The
+  dispatcher marks messages in small groups just ahead of their slots, so a worker that
+  dies leaves few marked messages whose requests never left.
 - result: `sent` with its wamid, `failed`, back to `queued` for a retry, or `skipped`.
 - recovery: a lease that expired with `sending_at` empty never left: back to `queued`. A
   message with `sending_at` set and no live lease is *in doubt* (its worker died
-  mid-request, or the request timed out): it waits for a status webhook carrying its
-  callback data (the reconciler then sets its wamid), and only after the grace period with
-  no webhook is it queued again. That is the at-most-once guarantee.
+  mid-request, the request timed out, or Meta answered a 5xx, which does not prove it did
+  not send): it waits for a status webhook carrying its callback data (the reconciler then
+  sets its wamid), and only after `in_doubt_until` with no webhook is it queued again. That
+  is the at-most-once guarantee. A 5xx answer's wait is shorter (CAMPAIGN_SERVER_ERROR_GRACE)
+  than a dead worker's (CAMPAIGN_SEND_GRACE): Meta answered, and its `sent` status, if it
+  sent the message, comes within seconds.
 
 Every statement takes the time as `now` from its caller's clock (campaign.clock): nothing
 here reads the wall clock, so leases, grace periods and due times are tested exactly.
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from campaign import contacts, identity, phone, policy, suppressions
@@ -71,7 +76,9 @@ class Results:
     sent: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     retry: list[dict[str, Any]] = field(default_factory=list)
-    in_doubt: list[int] = field(default_factory=list)
+    in_doubt: list[dict[str, Any]] = field(default_factory=list)
+    """{"mid": message id, "cid": its contact, "until": not sent again before then, "free_at":
+    the contact's pair interval counted from now, the latest the request may have reached Meta}."""
     released: list[int] = field(default_factory=list)
     unreachable: dict[int, datetime] = field(default_factory=dict)
     """Contact id -> when a message to it failed with 131026."""
@@ -90,6 +97,10 @@ class Results:
             "next_send": policy.pair_due(at, pair_interval + PAIR_MARGIN, at),
         })
 
+    def add_in_doubt(self, message_id: int, contact_id: int, at: datetime, until: datetime, pair_interval: float) -> None:
+        self.in_doubt.append({"mid": message_id, "cid": contact_id, "until": until,
+                              "free_at": policy.pair_due(at, pair_interval + PAIR_MARGIN, at)})
+
     def add_failed(self, message_id: int, contact_id: int, code: int | None, title: str, details: str | None, at: datetime) -> None:
         self.failed.append({"mid": message_id, "cid": contact_id, "code": code, "title": title, "details": details,
                             "at": at, "free_at": at})
@@ -106,10 +117,12 @@ class Results:
 class Outbox:
     """Every statement of the send lifecycle, for one worker."""
 
-    def __init__(self, db: Database, worker_id: str, *, lease: timedelta = timedelta(seconds=30)) -> None:
+    def __init__(self, db: Database, worker_id: str, *, lease: timedelta = timedelta(seconds=30),
+                 grace: timedelta = GRACE) -> None:
         self.db = db
         self.worker_id = worker_id
         self.lease = lease
+        self.grace = grace
 
     def has_pending_work(self, names: Sequence[str] | None) -> bool:
         """Whether a running or scheduled campaign still has a message to send or settle."""
@@ -290,7 +303,8 @@ class Outbox:
                 update(Message)
                 .where(Message.id.in_(list(ids)), Message.state == MessageState.SENDING,
                        Message.lease_owner == self.worker_id, Message.sending_at.is_(None))
-                .values(sending_at=now, attempts=Message.attempts + 1, lease_expires_at=now + self.lease)
+                .values(sending_at=now, attempts=Message.attempts + 1, lease_expires_at=now + self.lease,
+                        in_doubt_until=now + self.grace)
                 .returning(Message.id)
             ))
 
@@ -305,16 +319,13 @@ class Outbox:
                 session.execute(_FAILED, results.failed)
             if results.retry:
                 session.execute(_RETRY, results.retry)
-            freed = [{"cid": r["cid"], "free_at": r["free_at"]} for r in results.failed + results.retry]
+            freed = [{"cid": r["cid"], "free_at": r["free_at"]} for r in results.failed + results.retry + results.in_doubt]
             if freed:
-                # Release the claim's reservation of the recipient: nothing reached them.
+                # Release the claim's reservation of the recipient: nothing reached them (or,
+                # in doubt, the pair interval counts from now, the latest it may have).
                 session.execute(_CONTACT_FREE, freed)
             if results.in_doubt:
-                session.execute(
-                    update(Message)
-                    .where(Message.id.in_(results.in_doubt), Message.state == MessageState.SENDING)
-                    .values(lease_owner=None, lease_expires_at=None)
-                )
+                session.execute(_IN_DOUBT, results.in_doubt)
             if results.released:
                 session.execute(_RELEASE_TO, [{"mid": m, "due": None} for m in results.released])
             for cid, at in results.unreachable.items():
@@ -344,8 +355,10 @@ class Outbox:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    def recover(self, now: datetime, grace: timedelta = GRACE) -> tuple[int, int]:
-        """(expired claims re-queued, in-doubt messages re-queued after the grace period)."""
+    def recover(self, now: datetime, grace: timedelta | None = None) -> tuple[int, int]:
+        """(expired claims re-queued, in-doubt messages re-queued after their wait). `grace`
+        (default the outbox's) is the wait of one marked before `in_doubt_until` existed."""
+        grace = self.grace if grace is None else grace
         with self.db.session() as session:
             lease_gone = or_(Message.lease_expires_at.is_(None), Message.lease_expires_at < now)
             never_left = session.execute(
@@ -357,9 +370,12 @@ class Outbox:
                 update(Message)
                 .where(
                     Message.state == MessageState.SENDING, Message.wamid.is_(None),
-                    Message.sending_at.is_not(None), Message.sending_at < now - grace, lease_gone,
+                    Message.sending_at.is_not(None), lease_gone,
+                    or_(Message.in_doubt_until < now,
+                        and_(Message.in_doubt_until.is_(None), Message.sending_at < now - grace)),
                 )
-                .values(state=MessageState.QUEUED, lease_owner=None, lease_expires_at=None, sending_at=None)
+                .values(state=MessageState.QUEUED, lease_owner=None, lease_expires_at=None, sending_at=None,
+                        in_doubt_until=None)
             ).rowcount
             return never_left, expired_doubt
 
@@ -418,6 +434,12 @@ _RETRY = (
             marketing_waits=_m.marketing_waits + bindparam("mwait"),
             error_code=bindparam("code"), error_title=bindparam("title"),
             sending_at=None, lease_owner=None, lease_expires_at=None)
+)
+_IN_DOUBT = (
+    update(Message.__table__)
+    .where(_m.id == bindparam("mid"), _m.state == MessageState.SENDING.value)
+    .values(lease_owner=None, lease_expires_at=None,
+            in_doubt_until=bindparam("until", type_=Message.__table__.c.in_doubt_until.type))
 )
 _RELEASE_TO = (
     update(Message.__table__)

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from campaign.graph import Accepted, GraphClient, GraphError, NotSent, Uncertain
+from campaign.graph import Accepted, GraphClient, GraphError, NotSent, ServerError, Uncertain
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 BODY = {"messaging_product": "whatsapp", "to": "+4915123456789", "type": "text", "text": {"body": "hi"}}
@@ -77,6 +77,15 @@ def test_metas_error_body_is_an_error_with_its_code() -> None:
     with pytest.raises(GraphError) as raised:
         asyncio.run(send(answer(400, error)))
     assert (raised.value.code, raised.value.http_status) == (131026, 400)
+
+
+@pytest.mark.parametrize("status,code", [(500, 131000), (503, 2)])
+def test_metas_5xx_is_an_answer_but_not_a_verdict(status: int, code: int) -> None:
+    # Meta may have sent the message behind a 500 or a 503: the error is kept, the outcome uncertain.
+    error = {"error": {"message": "Something went wrong", "code": code, "fbtrace_id": "A"}}
+    with pytest.raises(ServerError) as raised:
+        asyncio.run(send(answer(status, error)))
+    assert isinstance(raised.value, Uncertain) and raised.value.error.code == code
 
 
 def test_a_closed_port_is_certainly_not_sent() -> None:

@@ -1,0 +1,116 @@
+"""What a killed worker leaves in doubt: SIGKILL a worker mid-campaign, several times, and count.
+
+    python benchmarks/crash_doubt.py                              # 80 MPS, 3 kills, SQLite
+    python benchmarks/crash_doubt.py --mps 1000 --messages 20000 --database postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+A message marked in flight when its worker dies waits CAMPAIGN_SEND_GRACE (10 minutes) for a
+status webhook before it may be sent again; one that was only claimed goes back to the
+queue when its lease expires. The sandbox posts no webhooks here, so after the kills every
+marked message is still in doubt: the script prints how many, and how many of them had
+really reached the sandbox (the only ones that needed to wait). Then a last worker (with a
+short grace) finishes the campaign, and the sandbox's ledger says whether anyone got two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, func, select, text
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from dispatch_helpers import SENDER, TOKEN, free_port, phones, seed  # noqa: E402
+
+from campaign.db import Database  # noqa: E402
+from campaign.models import Message  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--mps", type=int, default=80)
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--latency", default="150-250", help="the sandbox's answer latency, ms")
+    parser.add_argument("--database", help="a database URL (default: a fresh SQLite file)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        url = args.database or f"sqlite:///{folder}/crash.db"
+        if url.startswith("postgresql"):
+            engine = create_engine(url, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            engine.dispose()
+            Database.open(url, migrate=False).upgrade()
+        db = Database.open(url)
+        campaign_id = seed(db, "crash", phones(args.messages), template="hello_world", params=())
+        port = free_port()
+        low, high = (float(x) for x in args.latency.split("-"))
+        Path(folder, "sandbox.json").write_text(json.dumps({
+            "access_token": TOKEN, "phone_number_id": SENDER, "mps": max(args.mps, 80) * 2, "pair_interval": 0,
+            "latency_ms": [low, high]}))
+        sandbox = subprocess.Popen([sys.executable, "-m", "campaign.sandbox", "--port", str(port),
+                                    "--config", f"{folder}/sandbox.json"])
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_up(base)
+            env = {**os.environ, "CAMPAIGN_DATABASE_URL": url, "WA_API_BASE_URL": base, "WA_ACCESS_TOKEN": TOKEN,
+                   "WA_PHONE_NUMBER_ID": SENDER, "CAMPAIGN_MPS": str(args.mps), "CAMPAIGN_PAIR_INTERVAL": "0"}
+            for kill in range(args.kills):
+                before = _accepted(base)
+                worker = subprocess.Popen([sys.executable, "-m", "campaign", "worker", "--exit-when-idle"], env=env,
+                                          stdout=subprocess.DEVNULL)
+                while _accepted(base) < before + args.mps * 2 and worker.poll() is None:
+                    time.sleep(0.05)
+                time.sleep(0.137 * (kill + 1))  # anywhere in a block
+                worker.send_signal(signal.SIGKILL)
+                worker.wait()
+            time.sleep(1)  # the sandbox answers what was in flight
+            ledger = httpx.get(f"{base}/_sandbox/ledger", params={"phone_number_id": SENDER}, timeout=30).json()
+            entries = ledger["entries"] if isinstance(ledger, dict) else ledger
+            reached = {e["callback_data"] for e in entries if e.get("outcome") == "accepted" and e.get("callback_data")}
+            with db.read_session() as session:
+                doubt = [f"m{m}" for m in session.scalars(select(Message.id).where(
+                    Message.campaign_id == campaign_id, Message.state == "sending", Message.sending_at.is_not(None)))]
+                sent = session.scalar(select(func.count()).select_from(Message).where(
+                    Message.campaign_id == campaign_id, Message.state == "sent")) or 0
+            left = sum(1 for d in doubt if d in reached)
+            print(f"{args.kills} SIGKILLs at {args.mps} MPS ({db.engine.url.get_backend_name()}): sent {sent}, "
+                  f"in doubt {len(doubt)} (of which {left} had reached the sandbox, {len(doubt) - left} never left)")
+            env["CAMPAIGN_SEND_GRACE"] = "0"  # the benchmark posts no webhooks: settle at once
+            subprocess.run([sys.executable, "-m", "campaign", "worker", "--exit-when-idle"], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            figures = httpx.get(f"{base}/_sandbox/figures", params={"phone_number_id": SENDER}).json()
+            print(f"finished: accepted {figures['accepted']} of {args.messages}, duplicate sends "
+                  f"{figures['duplicate_sends']} (the in-doubt ones that had left were sent again: no webhook here)")
+        finally:
+            sandbox.terminate()
+            sandbox.wait()
+            db.close()
+
+
+def _accepted(base: str) -> int:
+    return httpx.get(f"{base}/_sandbox/figures", params={"phone_number_id": SENDER}).json()["accepted"]
+
+
+def _wait_up(base: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(f"{base}/_sandbox/health", timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    main()
