@@ -3,20 +3,27 @@ withholds the phone number (whatsapp-usernames.md, golden fixtures §6)."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import io
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sqlalchemy import func, select  # noqa: E402
-from test_reconcile import PHONE, WA_ID, T, contact, deliver, seed, suppressions, utc  # noqa: E402
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+from meta_helpers import Meta, campaign, meta, settled, states, work_until  # noqa: E402,F401
+from sqlalchemy import func, select, update  # noqa: E402
+from test_reconcile import PHONE, WA_ID, T, contact, deliver, message, seed, suppressions, utc  # noqa: E402
 
 from campaign.db import Database  # noqa: E402
 from campaign.events import parse_event  # noqa: E402
 from campaign.models import Campaign, Contact, Message  # noqa: E402
+from campaign.sandbox.recipients import user_id_of  # noqa: E402
 from campaign.states import MessageState  # noqa: E402
 from campaign.suppressions import suppress  # noqa: E402
 
@@ -266,3 +273,140 @@ def test_the_recorded_number_change_moves_the_contact(db: Database) -> None:
     deliver(db, json.dumps(fixture["phone_number_change"]).encode())
     assert contact(db, "+972912345678").id is not None
     deliver(db, json.dumps(fixture["identity_change"]).encode())  # a new device: kept, not applied
+
+
+# -- end to end: the sandbox as Meta, its webhooks through the receiver ----------------------------
+
+
+def _accepted(meta: Meta, campaign_id: int | None = None) -> list[dict[str, Any]]:
+    entries = [e for e in meta.ledger() if e["outcome"] == "accepted"]
+    if campaign_id is None:
+        return entries
+    with meta.db.read_session() as session:
+        ours = {f"m{i}" for i in session.scalars(select(Message.id).where(Message.campaign_id == campaign_id))}
+    return [e for e in entries if e.get("callback_data") in ours]
+
+
+def _contact_of(meta: Meta, phone: str) -> Contact:
+    with meta.db.read_session() as session:
+        return session.scalars(select(Contact).where(Contact.phone == phone)).one()
+
+
+def _inbound(meta: Meta, **data: Any) -> None:
+    answer = httpx.post(f"{meta.sandbox.url}/_sandbox/inbound", json=data, timeout=10)
+    assert answer.status_code == 200, answer.text
+
+
+def _until(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_stop_from_a_username_user_keeps_them_out_of_the_next_campaign(meta: Meta) -> None:
+    stopper, other = "+4915123000201", "+4915123000202"
+    meta.sandbox.patch_config(username_numbers=[stopper])  # Meta withholds their number
+    first = campaign(meta, "first", [stopper, other], template="order_update", category="utility")
+    work_until(meta, lambda: _contact_of(meta, stopper).user_id is not None)  # learned from a status
+    assert states(meta.db, first).keys() <= {"sent", "delivered", "read"}
+    _inbound(meta, user_id=user_id_of(stopper[1:]), text="STOP")  # no phone number in the webhook
+    _until(lambda: _contact_of(meta, stopper).opted_out_at is not None)
+    second = campaign(meta, "second", [stopper, other], template="order_update", category="utility")
+    work_until(meta, settled(meta.db, second))
+    assert [e["wa_id"] for e in _accepted(meta, second)] == [other[1:]]  # the sandbox's ledger: no send to them
+    assert states(meta.db, second).get("skipped") == 1
+
+
+def test_a_quick_reply_tap_without_a_phone_number_is_attributed(meta: Meta) -> None:
+    tapper = "+4915123000211"
+    meta.sandbox.patch_config(username_numbers=[tapper])
+    sale = campaign(meta, "sale", [tapper], template="spring_sale", category="marketing",
+                    binds=["button.0==Interested"])
+    work_until(meta, lambda: _contact_of(meta, tapper).user_id is not None)
+    assert len(_accepted(meta, sale)) == 1
+    # No context either (Meta sometimes leaves it out of a tap): the person is found by BSUID alone.
+    _inbound(meta, user_id=user_id_of(tapper[1:]), button={"payload": "Interested", "text": "Interested"})
+    with meta.db.read_session() as session:
+        message_id = session.scalar(select(Message.id).where(Message.campaign_id == sale))
+
+    def replied() -> bool:
+        with meta.db.read_session() as session:
+            return session.get_one(Message, message_id).reply == "Interested"
+    _until(replied)
+
+
+def test_a_bsuid_recipient_is_sent_once_through_recipient_and_reported(meta: Meta, tmp_path: Path) -> None:
+    from campaign import campaigns, export
+    from campaign.importer import ImportOptions, import_file
+
+    person = "+4915123000221"
+    bsuid = user_id_of(person[1:])
+    meta.sandbox.patch_config(username_numbers=[person])
+    with meta.db.session() as session:
+        campaigns.create(session, campaigns.CampaignSpec("by-id", "hello_world", "en_US", category="utility"))
+    path = tmp_path / "people.csv"
+    path.write_text(f"phone,user_id\n,{bsuid}\n+4915123000222,\n", encoding="utf-8")
+    assert import_file(meta.db, "by-id", path, ImportOptions(rejects_path=tmp_path / "r.csv")).imported == 2
+    with meta.db.session() as session:
+        campaigns.launch(session, campaigns.get(session, "by-id"))
+        campaign_id = campaigns.get(session, "by-id").id
+
+    def delivered() -> bool:
+        return states(meta.db, campaign_id).get("delivered", 0) == 2
+    work_until(meta, delivered)
+    to_person = [e for e in _accepted(meta, campaign_id) if e["wa_id"] == person[1:]]
+    assert [(e["addressed_by"], e["user_id"]) for e in to_person] == [("recipient", bsuid)]
+    stream = io.StringIO()
+    export.write_report(meta.db, "by-id", stream, fmt="json")
+    rows = {r["user_id"] or r["phone"]: r for r in map(json.loads, stream.getvalue().splitlines())}
+    assert (rows[bsuid]["phone"], rows[bsuid]["status"]) in {(None, "delivered"), ("", "delivered")}
+
+
+def test_an_authentication_template_is_never_sent_to_a_bsuid_recipient(meta: Meta) -> None:
+    bsuid = user_id_of("4915123000231")
+    with meta.db.session() as session:
+        contact = Contact(user_id=bsuid)
+        session.add(contact)
+    login = campaign(meta, "login", [], template="login_code", category="authentication")
+    with meta.db.session() as session:
+        contact_id = session.scalar(select(Contact.id).where(Contact.user_id == bsuid))
+        session.add(Message(campaign_id=login, contact_id=contact_id, params={"name": "x"}))
+    work_until(meta, settled(meta.db, login))
+    assert _accepted(meta, login) == [] and not [e for e in meta.ledger() if e.get("user_id") == bsuid]
+    with meta.db.read_session() as session:
+        (skipped,) = session.scalars(select(Message).where(Message.campaign_id == login))
+    assert skipped.state == "skipped" and "131062" in (skipped.error_title or "")
+
+
+# -- the golden payloads through the receiver --------------------------------------------------------
+
+GOLDEN = [
+    ("A: a message with phone and BSUID", with_phone("hi", T + 1), "window"),
+    ("B: a STOP with the BSUID only", without_phone("STOP", T + 2), "stop"),
+    ("C: delivered to a BSUID, no phone", delivered("wamid.S1", T + 3, phone=False), "delivered"),
+    ("D: a marketing stop with the BSUID only", preference_stop(T + 4), "marketing stop"),
+]
+
+
+@pytest.mark.parametrize("body,effect", [(b, e) for _, b, e in GOLDEN], ids=[name for name, _, _ in GOLDEN])
+def test_the_golden_payloads_are_accepted_signed_and_applied(db: Database, body: bytes, effect: str) -> None:
+    from test_webhooks import post_all, signed
+
+    from campaign.reconcile import reconcile_once
+
+    seed(db, wamid="wamid.S1")
+    with db.session() as session:  # an earlier status named the recipient by both ids
+        session.execute(update(Contact).values(user_id=BSUID))
+    forged = {**signed(body), "X-Hub-Signature-256": "sha256=" + "0" * 64}
+    assert asyncio.run(post_all(db, [body, body], [signed(body), forged])) == [200, 401]
+    reconcile_once(db)
+    person = contact(db)
+    if effect == "window":
+        assert person.last_inbound_at == utc(T + 1)
+    elif effect == "stop":
+        assert suppressions(db) == {PHONE: "opt_out", BSUID: "opt_out"} and person.last_inbound_at == utc(T + 2)
+    elif effect == "delivered":
+        assert message(db, 1).state == "delivered"
+    else:
+        assert suppressions(db) == {PHONE: "opt_out", BSUID: "opt_out"}
