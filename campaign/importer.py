@@ -447,7 +447,10 @@ class _Classifier:
             invalid = numbers.detail[position]
             if user_id is not None and e164 is None and invalid == "empty":
                 invalid = None  # a BSUID recipient: no number to normalize
-            keys, phone_, user_id_ = self._identities(e164, user_id, known)
+            if user_id is None and known is None:  # a file of numbers only: the hot path
+                keys, phone_, user_id_ = ([e164] if e164 else []), e164, None
+            else:
+                keys, phone_, user_id_ = self._identities(e164, user_id, known)
             reason, detail = self._reject_reason(keys, invalid, user_id, bad[position])
             if reason is not None:
                 result.count(reason)
