@@ -17,12 +17,41 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from campaign.exceptions import CampaignError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                         "keepalives_count": 3}
+"""libpq settings for a server that went away: a connection attempt gives up after 10 s
+instead of the system's TCP timeout (minutes), and an idle connection to a host that
+vanished without closing it (a failover, a cable) is found dead within about a minute.
+A setting given in the URL wins. Dropped connections are replaced on checkout
+(`pool_pre_ping`), so after a restart a pooled connection is never handed out dead."""
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o error")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached or cannot answer right now (down,
+    restarting, the connection dropped, the pool exhausted, SQLite's lock held past the busy
+    timeout), as opposed to a statement it refused: the same unit of work can be tried again
+    once it is back. Callers that wait and retry (the dispatcher, the reconciler) ask this."""
+    if isinstance(exc, PoolTimeoutError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True  # SQLAlchemy recognised a disconnect
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return False
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        return any(word in str(exc.orig).lower() for word in _SQLITE_TRANSIENT)
+    # PostgreSQL (psycopg): connection failures, the server shutting down (57P01-57P03),
+    # serialization failures and deadlocks, cancelled statements: none is about the statement.
+    return True
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -46,7 +75,9 @@ def create_db_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True)
+        connect_args = ({key: value for key, value in POSTGRES_CONNECT_ARGS.items() if key not in parsed.query}
+                        if parsed.get_backend_name() == "postgresql" else {})
+        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
     if parsed.database and parsed.database != ":memory:":
         folder = Path(parsed.database).expanduser().parent
@@ -103,6 +134,16 @@ class Database:
             with Session(bind=conn, expire_on_commit=False) as session, session.begin():
                 yield session
 
+    def reachable(self) -> bool:
+        """Whether the database answers a `SELECT 1` now (after a `database_unavailable`
+        error: tells an outage from a statement that fails on a database that is up)."""
+        try:
+            with self.engine.connect().execution_options(sqlite_deferred=True) as conn:
+                conn.exec_driver_sql("SELECT 1").scalar()
+        except (DBAPIError, PoolTimeoutError):
+            return False
+        return True
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -116,7 +157,7 @@ class Database:
             with self.engine.connect().execution_options(sqlite_deferred=True) as conn:
                 current = MigrationContext.configure(conn).get_current_revision()
         except OperationalError as exc:
-            raise CampaignError(f"cannot open the database: {_one_line(exc)}") from None
+            raise CampaignError(f"cannot open the database: {one_line(exc)}") from None
         return current, head
 
     def upgrade(self) -> None:
@@ -129,7 +170,7 @@ class Database:
                 if conn.in_transaction():
                     conn.commit()
         except OperationalError as exc:
-            raise CampaignError(f"cannot upgrade the database: {_one_line(exc)}") from None
+            raise CampaignError(f"cannot upgrade the database: {one_line(exc)}") from None
 
     def ensure_schema(self) -> None:
         current, head = self.schema_revisions()
@@ -150,6 +191,6 @@ def _alembic_config() -> Config:
     return config
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -37,7 +37,7 @@ from campaign import campaigns, errors, health, media, payloads, policy, statuse
 from campaign.campaigns import RunningCampaign
 from campaign.clock import SYSTEM, Clock
 from campaign.config import Settings
-from campaign.db import Database
+from campaign.db import Database, database_unavailable, one_line
 from campaign.exceptions import CampaignError
 from campaign.graph import Accepted, GraphClient, GraphError, NotSent, ServerError, Uncertain
 from campaign.lanes import SendLanes
@@ -64,6 +64,9 @@ LATENCY_BUDGET = 1.0
 """Seconds of requests the connections are sized for: cap x this requests in flight. A
 request that has to wait for a connection leaves late, and late requests bunch."""
 MIN_CONNECTIONS = 20
+OFFLINE_BACKOFF = (1.0, 10.0)
+"""Seconds a sender's sends wait after a request that could not connect (first, most): the
+wait doubles while the Graph API stays unreachable, and one block probes it after each."""
 MARK_GROUP_SECONDS = 0.05
 """Messages are marked in flight in groups of about this many seconds of a worker's sends,
 the next group while the current one goes out. Smaller groups leave fewer messages in doubt
@@ -173,6 +176,9 @@ class Dispatcher:
         """Marked in flight, but their block's slots were missed: first in the next block."""
         self._share: dict[str, float] = {}
         """This worker's share of each sender's rate, as its last reservation found it."""
+        self._offline: dict[str, tuple[float, float]] = {}
+        """Sender -> (no sends before this clock time, the wait that set it): the Graph API
+        could not be reached (a network drop): the messages go back unspent, nothing fails."""
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._local_guard = LocalGuard(max(1, math.floor(config.mps * GUARD_HEADROOM)))
         """Per send, in this process: no catch-up after a stall passes the cap (a message
@@ -200,24 +206,49 @@ class Dispatcher:
         self._client = self.client_factory(max(MIN_CONNECTIONS, math.ceil(self.config.mps * LATENCY_BUDGET)))
         last_recover: float | None = None
         try:
-            while not self._stop.is_set() and not (stop is not None and stop.is_set()):
-                now = self.clock.now()
-                if last_recover is None or self.clock.time() - last_recover >= self.config.recover_every:
-                    await self._recover(now)
-                    last_recover = self.clock.time()
-                await self._refresh(names, now)
-                await self._claim(now)
-                await self._flush()
-                if self.on_progress is not None:
-                    self.on_progress(self.stats)
-                if exit_when_idle and self._idle() and not await self._db(self.outbox.has_pending_work, names):
-                    self.stats.completed += await self._db(self._complete_finished, self.clock.now())
-                    break
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
+            try:
+                while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+                    dead = {sender: task for sender, task in self._senders.items()
+                            if task.done() and not task.cancelled() and task.exception() is not None}
+                    if dead:
+                        # A send loop died (the cap's shared guard lost its database connection,
+                        # say): the blocks it held died with it. `_refresh` starts it again; what
+                        # it held but never handed to a request is given back first (`_held`
+                        # keeps a message only until its request is created), else the worker
+                        # is never idle and those messages wait for their lease or grace.
+                        for sender, task in dead.items():
+                            log.error("the send loop of %s stopped (%r); starting it again", sender, task.exception(),
+                                      exc_info=task.exception())
+                        alive = [task for task in self._senders.values() if not task.done()]
+                        for task in alive:  # their blocks cannot be told apart from the dead one's
+                            task.cancel()
+                        await asyncio.gather(*alive, return_exceptions=True)
+                        waiting = {m.id for queue in (*self._queues.values(), *self._carry.values()) for m in queue}
+                        await self._give_back([mid for mid in self._held if mid not in waiting])
+                    now = self.clock.now()
+                    if last_recover is None or self.clock.time() - last_recover >= self.config.recover_every:
+                        await self._recover(now)
+                        last_recover = self.clock.time()
+                        now = self.clock.now()  # recovery may have waited out a database outage
+                    await self._refresh(names, now)
+                    await self._claim(self.clock.now())  # the lease counts from the claim itself
+                    await self._flush()
+                    if self.on_progress is not None:
+                        self.on_progress(self.stats)
+                    if exit_when_idle and self._idle() and not await self._db(self.outbox.has_pending_work, names):
+                        self.stats.completed += await self._db(self._complete_finished, self.clock.now())
+                        break
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+                    except TimeoutError:
+                        pass
+                    self._wake.clear()
+            except Exception as exc:
+                # A database call waits for an outage to end (_db); it gives up only when the
+                # worker is stopping: then shut down as far as the database allows.
+                if not (self._stop.is_set() and database_unavailable(exc)):
+                    raise
+                log.error("stopping while the database is unavailable (%s)", one_line(exc))
         finally:
             await self._shutdown()
         return self.stats
@@ -230,13 +261,69 @@ class Dispatcher:
         return (not self._in_flight and not any(self._queues.values()) and not any(self._carry.values())
                 and not self._held and not len(self._results))
 
-    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+    async def _db(self, fn: Callable[..., T], *args: Any, executor: ThreadPoolExecutor | None = None) -> T:
+        """`fn(*args)` on the worker's database thread (or `executor`).
+
+        While the database is unavailable (down, restarting, its connections dropped:
+        `db.database_unavailable`) the call waits, pinging with backoff, and is made again
+        once the database answers; so the whole worker waits and goes on by itself. Nothing
+        is given up meanwhile: results stay in memory (`_flush`), and the send path stops at
+        its next in-flight mark, because no message is sent before its mark has committed.
+        The arguments of a call made again that are instants (a datetime, or Unix seconds
+        near the clock's) move on by the time waited: a lease, an in-doubt wait, a slot
+        counts from when the statement really ran, not from before the outage.
+
+        It raises when the worker is stopping and the call has waited 10 s or more, and when
+        the database answers pings but the call keeps failing (a statement that fails on a
+        healthy database is not an outage to wait out). The happy path costs one clock
+        reading more than a bare `run_in_executor`."""
+        loop = asyncio.get_running_loop()
+        pool = executor or self._db_thread
+        call_args = args
+        called_at = self.clock.time()
+        first_failure: float | None = None
+        strikes = 0
+        while True:
+            try:
+                result = await loop.run_in_executor(pool, fn, *call_args)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                if first_failure is None:
+                    first_failure = time.monotonic()
+                    log.warning("database unavailable (%s): %s waits for it and goes on", one_line(exc),
+                                getattr(fn, "__name__", repr(fn)))
+                if await loop.run_in_executor(pool, self.db.reachable):
+                    strikes += 1
+                    if strikes > 3:  # the database answers, the call still fails: not an outage
+                        raise
+                delay = 0.1
+                while not await loop.run_in_executor(pool, self.db.reachable):
+                    if self._stop.is_set() and time.monotonic() - first_failure > 10.0:
+                        raise
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, 2.0)
+                moved = self.clock.time() - called_at
+                call_args = tuple(
+                    arg + timedelta(seconds=moved) if isinstance(arg, datetime)
+                    else arg + moved if isinstance(arg, float) and abs(arg - called_at) < 3600
+                    else arg
+                    for arg in args)
+                continue
+            if first_failure is not None:
+                log.warning("database back after %.1fs: %s went on", time.monotonic() - first_failure,
+                            getattr(fn, "__name__", repr(fn)))
+            return result
 
     async def _db_now(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._slots_thread, fn, *args)
+        """The send path's own calls (slots, marks): on their thread, never queued behind a
+        claim or a flush; they wait out an outage as `_db` does."""
+        return await self._db(fn, *args, executor=self._slots_thread)
 
     async def _recover(self, now: datetime) -> None:
+        # Results held through an outage are recorded first: recovery must not take a message
+        # this worker sent, but could not yet record, for one whose request may never have left.
+        await self._flush()
         never_left, expired = await self._db(self.outbox.recover, now)
         if never_left or expired:
             log.info("re-queued %d expired claims and %d in-doubt messages past the grace period", never_left, expired)
@@ -346,6 +433,9 @@ class Dispatcher:
                 slot = 0
                 marks: dict[int, asyncio.Task[None]] = {}
                 for position, message in enumerate(block.messages):
+                    if await self._wait_if_offline(sender, block, position):
+                        await asyncio.gather(*marks.values())
+                        break
                     # This message's group is marked in flight before it leaves, the next
                     # group is marked meanwhile.
                     group = position // block.group
@@ -387,6 +477,25 @@ class Dispatcher:
             if upcoming is not None:
                 upcoming.cancel()
                 await asyncio.gather(upcoming, return_exceptions=True)
+
+    def _go_offline(self, sender: str, exc: Exception) -> None:
+        now = self.clock.time()
+        until, wait = self._offline.get(sender, (0.0, 0.0))
+        if until > now:
+            return  # the wait is already on: other requests of the same block failed alike
+        wait = min(OFFLINE_BACKOFF[1], max(OFFLINE_BACKOFF[0], wait * 2))
+        self._offline[sender] = (now + wait, wait)
+        log.warning("sender %s: the Graph API cannot be reached (%s); sending again in %.0f s", sender, exc, wait)
+
+    async def _wait_if_offline(self, sender: str, block: _Block, position: int) -> bool:
+        """While the Graph API is unreachable: the block's unsent messages go back to the queue
+        (unspent) and the sender waits. True if it did (the block is over)."""
+        until = self._offline.get(sender, (0.0, 0.0))[0]
+        if until <= self.clock.time():
+            return False
+        await self._give_back([m.id for m in block.messages[position:] if m.id in self._held])
+        await self.clock.sleep(until - self.clock.time())
+        return True
 
     async def _prepare(self, sender: str) -> _Block | None:
         """The next block: messages carried over from a late block first, then new ones from
@@ -459,8 +568,12 @@ class Dispatcher:
             now = self.clock.now()
             self._results.add_in_doubt(message.id, message.contact_id, now, now + wait, self.config.pair_interval)
         except NotSent as exc:
-            await self._apply(sender, campaign, message, errors.NOT_SENT, None, f"{errors.NOT_SENT.meaning} ({exc})", None)
+            # The request never left: the message goes back with its attempt, and the sender's
+            # sends wait (a network drop would otherwise spend every attempt of the queue).
+            self._results.unsent[message.id] = self.clock.now()
+            self._go_offline(sender, exc)
         else:
+            self._offline.pop(sender, None)
             self._sent(message, accepted)
         if len(self._results) >= 200:
             self._wake.set()
@@ -538,7 +651,23 @@ class Dispatcher:
         if not len(self._results):
             return
         results, self._results = self._results, Results()
-        await self._db(self.outbox.record, results)
+        try:
+            await self._db(self.outbox.record, results)
+        except BaseException as exc:
+            # Not recorded (the database stayed away while stopping, or the flush was
+            # cancelled): the batch is kept, ahead of what came since, for the next flush.
+            # Dropped, its sent messages would stay `sending` and go again after the grace.
+            newer, self._results = self._results, results
+            for item in fields(Results):
+                kept, more = getattr(results, item.name), getattr(newer, item.name)
+                if isinstance(kept, list):
+                    kept.extend(more)
+                else:
+                    kept.update(more)
+            if isinstance(exc, Exception):
+                log.error("%d results could not be recorded (%s): their messages stay `sending` until their "
+                          "status webhooks settle them", len(self._results), type(exc).__name__)
+            raise
 
     async def _shutdown(self) -> None:
         self._stop.set()

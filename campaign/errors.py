@@ -122,8 +122,6 @@ _BY_CODE: dict[int, ErrorRule] = {code: rule for rule in RULES for code in rule.
 UNKNOWN_ERROR = ErrorRule((), "an error the engine does not know", Action.FAIL,
                           "look the code up in Meta's error-code reference")
 TRANSIENT_HTTP = ErrorRule((), "the Graph API answered with a server error", Action.RETRY, "retried automatically")
-NOT_SENT = ErrorRule((), "could not connect to the Graph API", Action.RETRY, "retried automatically")
-"""No connection was had, so the request never left: safe to send again."""
 
 
 def rule_for(code: int | None, http_status: int | None = None) -> ErrorRule:

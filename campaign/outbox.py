@@ -80,6 +80,9 @@ class Results:
     """{"mid": message id, "cid": its contact, "until": not sent again before then, "free_at":
     the contact's pair interval counted from now, the latest the request may have reached Meta}."""
     released: list[int] = field(default_factory=list)
+    unsent: dict[int, datetime] = field(default_factory=dict)
+    """Marked in flight, but the request certainly never left (no connection), and when that
+    was found: queued again with the attempt given back (`return_unsent`)."""
     unreachable: dict[int, datetime] = field(default_factory=dict)
     """Contact id -> when a message to it failed with 131026."""
     marketing_limited: dict[int, datetime] = field(default_factory=dict)
@@ -88,7 +91,7 @@ class Results:
     """Number or BSUID -> why it goes on the suppression list, and for what (131050: marketing)."""
 
     def __len__(self) -> int:
-        return (len(self.sent) + len(self.failed) + len(self.retry) + len(self.in_doubt) + len(self.released)
+        return (len(self.sent) + len(self.failed) + len(self.retry) + len(self.in_doubt) + len(self.released) + len(self.unsent)
                 + len(self.unreachable) + len(self.marketing_limited) + len(self.suppress))
 
     def add_sent(self, message_id: int, contact_id: int, wamid: str, wa_id: str | None, at: datetime, pair_interval: float) -> None:
@@ -328,6 +331,8 @@ class Outbox:
                 session.execute(_IN_DOUBT, results.in_doubt)
             if results.released:
                 session.execute(_RELEASE_TO, [{"mid": m, "due": None} for m in results.released])
+            if results.unsent:
+                self._return_unsent(session, list(results.unsent), max(results.unsent.values()))
             for cid, at in results.unreachable.items():
                 contacts.remember_unreachable(session, [cid], at)
             for cid, until in results.marketing_limited.items():
@@ -342,16 +347,19 @@ class Outbox:
         if not ids:
             return
         with self.db.session() as session:
-            contacts = list(session.scalars(
-                update(Message)
-                .where(Message.id.in_(list(ids)), Message.state == MessageState.SENDING, Message.wamid.is_(None),
-                       Message.lease_owner == self.worker_id)
-                .values(state=MessageState.QUEUED, sending_at=None, lease_owner=None, lease_expires_at=None,
-                        attempts=case((Message.sending_at.is_not(None), Message.attempts - 1), else_=Message.attempts))
-                .returning(Message.contact_id)
-            ))
-            if contacts:
-                session.execute(update(Contact).where(Contact.id.in_(contacts)).values(next_send_at=now))
+            self._return_unsent(session, ids, now)
+
+    def _return_unsent(self, session: Session, ids: Sequence[int], now: datetime) -> None:
+        contacts = list(session.scalars(
+            update(Message)
+            .where(Message.id.in_(list(ids)), Message.state == MessageState.SENDING, Message.wamid.is_(None),
+                   Message.lease_owner == self.worker_id)
+            .values(state=MessageState.QUEUED, sending_at=None, lease_owner=None, lease_expires_at=None,
+                    attempts=case((Message.sending_at.is_not(None), Message.attempts - 1), else_=Message.attempts))
+            .returning(Message.contact_id)
+        ))
+        if contacts:
+            session.execute(update(Contact).where(Contact.id.in_(contacts)).values(next_send_at=now))
 
     # -- recovery ----------------------------------------------------------------------------
 

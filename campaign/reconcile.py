@@ -63,7 +63,7 @@ from sqlalchemy.orm import Session
 
 from campaign import campaigns, contacts, errors, health
 from campaign.breaker import FailureBreaker, Trip
-from campaign.db import Database
+from campaign.db import Database, database_unavailable
 from campaign.clock import SYSTEM, Clock
 from campaign.events import (IdentityChange, InboundItem, Malformed, ParsedEvent, PreferenceItem, SenderItem, StatusItem,
                              TemplateStatusItem, parse_event, parse_status)
@@ -301,10 +301,11 @@ def _run_batch(db: Database, events: list[_Event], now: datetime, rules: _Rules,
         with lock, db.session() as session:
             _serialize(session)
             stats = _process(session, events, now, rules, notes, with_pending=True)
-    except OperationalError:
-        raise  # the database is unavailable or busy: the events stay unprocessed for the next pass
-    except Exception:
-        if not events:
+    except Exception as exc:
+        if not events or isinstance(exc, OperationalError) or database_unavailable(exc):
+            # The database is unavailable or busy (down, restarting, a dropped connection, the
+            # pool exhausted): the events stay unprocessed for the next pass. Isolating them
+            # now would mark good events processed with the outage as their error: lost.
             raise
         log.exception("applying events %s..%s failed: retrying them one at a time", events[0].id, events[-1].id)
         notes.clear()
@@ -323,9 +324,9 @@ def _run_isolated(db: Database, events: list[_Event], now: datetime, rules: _Rul
             with lock, db.session() as session:
                 _serialize(session)
                 stats.add(_process(session, [event], now, rules, notes, with_pending=False))
-        except OperationalError:
-            raise
         except Exception as exc:
+            if isinstance(exc, OperationalError) or database_unavailable(exc):
+                raise  # not this event's fault: it stays unprocessed for the next pass
             log.exception("event %s could not be applied", event.id)
             with lock, db.session() as session:
                 session.execute(update(WebhookEvent).where(WebhookEvent.id == event.id)

@@ -17,7 +17,7 @@ from campaign import binding, campaigns, errors, health, media, phone
 from campaign.binding import SourceKind
 from campaign.clock import SYSTEM, Clock, utcnow
 from campaign.config import Settings
-from campaign.db import Database
+from campaign.db import Database, database_unavailable, one_line
 from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from campaign.exceptions import CampaignError
 from campaign.graph import GraphClient, GraphError, TransportError
@@ -195,7 +195,15 @@ def run_worker(
                 loop.add_signal_handler(signum, on_signal)
         return await dispatcher.run(campaigns=campaigns_, exit_when_idle=exit_when_idle, stop=stop)
 
-    stats = asyncio.run(main())
+    try:
+        stats = asyncio.run(main())
+    except Exception as exc:
+        # The dispatcher waits out a database outage by itself; it gives up only when stopped
+        # (a signal) while the database stays away: say so in one line, not a traceback.
+        if not database_unavailable(exc):
+            raise
+        raise CampaignError(f"the worker stopped while the database was unavailable ({one_line(exc)}): messages it "
+                            "sent but could not record stay `sending` until their status webhooks settle them") from exc
     paused: list[str] = []
     if interrupted and pause_on_interrupt and campaigns_:
         with db.session() as session:

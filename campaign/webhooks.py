@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
 
@@ -30,7 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from campaign.config import Settings
-from campaign.db import Database, _one_line, is_sqlite
+from campaign.db import Database, one_line, create_db_engine, database_unavailable, is_sqlite
 from campaign.exceptions import CampaignError
 from campaign.breaker import FailureBreaker
 from campaign.clock import SYSTEM, Clock, utcnow
@@ -78,17 +79,28 @@ class _Reconciler:
     async def run(self) -> None:
         self._wake = wake = asyncio.Event()  # made in the loop that serves the app
         delay = RECONCILE_POLL_SECONDS
+        down_since: float | None = None
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay)
             wake.clear()
             try:
                 stats = await anyio.to_thread.run_sync(lambda: reconcile_once(self._db, **self._options))
-            except Exception:
-                # The database may be down: keep the events stored, try again later.
-                log.exception("reconcile failed; retrying")
+            except Exception as exc:
+                # Nothing is lost: the events stay stored and unprocessed, and the next pass
+                # (woken by the next stored body, or after the backoff) applies them. An outage
+                # is logged once, not once a pass; anything else with its traceback.
+                if not database_unavailable(exc):
+                    log.exception("reconcile failed; retrying")
+                elif down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("reconcile waits for the database (%s); stored events are applied once it is back",
+                                one_line(exc))
                 delay = min(delay * 2, RECONCILE_RETRY_MAX_SECONDS)
                 continue
+            if down_since is not None:
+                log.warning("database back after %.1fs: reconciling again", time.monotonic() - down_since)
+                down_since = None
             delay = RECONCILE_POLL_SECONDS
             if stats.events:
                 log.debug("reconciled %s", stats)
@@ -155,7 +167,7 @@ def create_app(
         try:
             stored = await anyio.to_thread.run_sync(store, body)
         except SQLAlchemyError as exc:
-            log.error("webhook body could not be stored (answered 503, Meta retries): %s", _one_line(exc))
+            log.error("webhook body could not be stored (answered 503, Meta retries): %s", one_line(exc))
             return PlainTextResponse("storage unavailable", status_code=503)
         if stored and reconciler is not None:
             reconciler.wake()
@@ -202,9 +214,14 @@ def store_event(db: Database, body: bytes, *, received_at: datetime | None = Non
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the receiver and its reconciler until interrupted (`campaign webhooks`)."""
-    db = Database.open(settings.database_url)
+    """Run the receiver and its reconciler until interrupted (`campaign webhooks`).
+
+    A receiver (re)started while the database is away waits for it before it listens (Meta
+    retries what it cannot deliver meanwhile), then checks the schema as every command does."""
+    db = Database(create_db_engine(settings.database_url))
     try:
+        _wait_for_database(db)
+        db.ensure_schema()
         app = create_app(db, settings)
         uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
     finally:
@@ -225,6 +242,17 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _wait_for_database(db: Database, *, max_delay: float = 5.0) -> None:
+    delay, since = 0.1, time.monotonic()
+    while not db.reachable():
+        if delay == 0.1:
+            log.warning("the database is unavailable: the receiver waits for it before it listens")
+        time.sleep(delay)
+        delay = min(delay * 2, max_delay)
+    if delay > 0.1:
+        log.warning("database reachable after %.1fs", time.monotonic() - since)
 
 
 def _ping(db: Database) -> None:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from campaign.errors import NOT_SENT, RULES, Action, Consequence, Fate, Pause, Source, consequence, rule_for
+from campaign.errors import RULES, Action, Consequence, Fate, Pause, Source, consequence, rule_for
 from campaign.policy import MAX_PAIR_RETRIES, MAX_TRANSIENT_ATTEMPTS
 from campaign.states import SuppressionScope
 
@@ -118,6 +118,3 @@ def test_a_failed_status_is_final_for_the_message_meta_had_accepted() -> None:
         assert what(code, STATUS).fate is Fate.FAIL, code
     assert (what(132015, STATUS).fate, what(132015, STATUS).pause) == (Fate.FAIL, Pause.CAMPAIGN)
 
-
-def test_a_request_that_never_left_is_retried() -> None:
-    assert consequence(NOT_SENT, source=SEND, attempts=1).fate is Fate.RETRY
