@@ -207,6 +207,52 @@ def sender(app: AppContext, phone_number_id: str | None, as_json: bool) -> None:
         click.echo(f"{label + ':':17}{(value or '?').strip() if isinstance(value, str) else value}")
 
 
+@main.command("estimate")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@click.option("--rates", "rates_file", type=click.Path(dir_okay=False, path_type=str), metavar="FILE",
+              help="Another rate card in the same format (default: the card the project ships).")
+@pass_app
+@handle_errors
+def estimate_(app: AppContext, name: str, as_json: bool, rates_file: str | None) -> None:
+    """Before launch: NAME's queued messages by country and category, in an open window, skipped, and their cost."""
+    from campaign import estimate
+    from campaign.clock import utcnow
+
+    card = estimate.load_card(rates_file)
+    figures = estimate.estimate_campaign(app.database(), name, card, now=utcnow(),
+                                         unreachable_days=app.settings.unreachable_days)
+    data = figures.as_dict()
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    cur = card.currency
+    category = figures.category or f"unknown (priced as {figures.priced_as}, the safe side)"
+    stdout.print(f"Campaign {escape(name)!r}: {figures.total:,} queued message(s), template category {category}"
+                 + (", free-form text inside the window" if figures.has_text else ""))
+    table = Table("country", "market", "category", "messages", "in window", "free", "billable", f"rate {cur}",
+                  f"cost {cur}", box=None)
+    for line in figures.lines:
+        table.add_row(line.country, escape(line.market), line.category, f"{line.messages:,}", f"{line.in_window:,}",
+                      f"{line.free:,}", f"{line.billable:,}", f"{line.rate:.4f}", f"{line.cost:,.2f}")
+    if figures.lines:
+        stdout.print(table)
+    stdout.print(f"To send {figures.to_send:,}: {figures.in_window:,} inside an open 24-hour window, "
+                 f"{figures.free:,} free, {figures.billable:,} billable")
+    if figures.skipped:
+        stdout.print(f"Skipped by the rules: {sum(figures.skipped.values()):,}")
+        for reason, count in sorted(figures.skipped.items()):
+            stdout.print(f"  {count:>9,}  {escape(estimate.SKIP_REASONS.get(reason, reason))}")
+    stdout.print(f"Estimated cost: {figures.cost:,.2f} {cur}")
+    by_category = data["by_category"]
+    if by_category:
+        stdout.print("  by category: " + ", ".join(f"{c} {v['cost']:,.2f}" for c, v in by_category.items()))
+    stdout.print(f"Rate card {escape(card.name)}, effective {card.effective_date} ({escape(card.path)}); "
+                 f"source: {escape(card.source)}")
+    if card.note:
+        stdout.print(f"  note: {escape(card.note)}")
+
+
 # -- import ----------------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ parsed and validated completely before the reconciler (reconcile.py) applies any
 
 - `statuses[]` become `StatusItem`s (`parse_status`): the wamid, the status, its time, the
   recipient, `biz_opaque_callback_data` (the outbox id the dispatcher sent), the pricing
-  category and the error of a `failed` status. A status word that does not move a message is
+  (category, billable, pricing model, type) and the error of a `failed` status. A status word that does not move a message is
   noted and ignored.
 - `messages[]` (inbound) become `InboundItem`s, with the texts that may carry an opt-out or
   opt-in word: typed, sent as a quick-reply button or an interactive reply; and what reply
@@ -81,6 +81,12 @@ class StatusItem:
     payload: dict[str, Any]
     recipient_user_id: str | None = None
     """The recipient's BSUID (`recipient_user_id`): absent on a `failed` sent to a phone."""
+    pricing_billable: bool | None = None
+    """`pricing.billable`: whether Meta charges this message (None when absent or not a bool)."""
+    pricing_model: str | None = None
+    """`pricing.pricing_model`: `PMP` (per-message pricing, since July 2025), formerly `CBP`."""
+    pricing_type: str | None = None
+    """`pricing.type`: `regular`, `free_customer_service`, `free_entry_point`."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +266,9 @@ def parse_status(raw: dict[str, Any]) -> StatusItem | None:
     callback = _opt_str(raw.get("biz_opaque_callback_data"), "statuses[].biz_opaque_callback_data")
     pricing = _dict(raw.get("pricing", {}), "statuses[].pricing")
     category = _opt_str(pricing.get("category"), "statuses[].pricing.category")
+    billable = pricing.get("billable")
+    pricing_model = _opt_str(pricing.get("pricing_model"), "statuses[].pricing.pricing_model")
+    pricing_type = _opt_str(pricing.get("type"), "statuses[].pricing.type")
     error = None
     errors = _list(raw.get("errors", []), "statuses[].errors")
     if errors:
@@ -281,6 +290,9 @@ def parse_status(raw: dict[str, Any]) -> StatusItem | None:
         recipient_user_id=_bsuid(raw.get("recipient_user_id")),
         callback_data=callback,
         pricing_category=category[:32] if category else None,
+        pricing_billable=billable if isinstance(billable, bool) else None,
+        pricing_model=pricing_model[:16] if pricing_model else None,
+        pricing_type=pricing_type[:32] if pricing_type else None,
         error=error,
         payload=raw,
     )

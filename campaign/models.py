@@ -219,6 +219,12 @@ class Message(Base):
     error_title: Mapped[str | None] = mapped_column(Text)
     error_details: Mapped[str | None] = mapped_column(Text)
     pricing_category: Mapped[str | None] = mapped_column(String(32))
+    pricing_billable: Mapped[bool | None] = mapped_column()
+    """`pricing.billable` of the latest status webhook that carried pricing: Meta charges it."""
+    pricing_model: Mapped[str | None] = mapped_column(String(16))
+    """`pricing.pricing_model`, e.g. `PMP` (per-message pricing)."""
+    pricing_type: Mapped[str | None] = mapped_column(String(32))
+    """`pricing.type`: `regular`, `free_customer_service`, `free_entry_point`."""
     business_initiated: Mapped[bool] = mapped_column(default=False)
     """Sent (or reserved to be sent) outside the user's window: counts against the messaging limit."""
     pair_hits: Mapped[int] = mapped_column(default=0)

@@ -150,12 +150,16 @@ class _Row:
     error_details: str | None
     pricing_category: str | None
     marketing_waits: int
+    pricing_billable: bool | None = None
+    pricing_model: str | None = None
+    pricing_type: str | None = None
     changed: bool = False
 
 
 _ROW_COLUMNS = [getattr(Message, f.name) for f in fields(_Row) if f.name != "changed"]
 _WRITTEN = ("state", "wamid", "wa_id", "sent_at", "delivered_at", "read_at", "failed_at",
-            "error_code", "error_title", "error_details", "pricing_category")
+            "error_code", "error_title", "error_details", "pricing_category",
+            "pricing_billable", "pricing_model", "pricing_type")
 # A Core executemany: the ORM's bulk update by primary key was the largest single cost in a profile.
 _UPDATE_ROW = (
     update(Message.__table__)
@@ -246,7 +250,8 @@ def replay(db: Database, *, now: datetime | None = None, **options: Any) -> Reco
             update(Message)
             .where(Message.wamid.is_not(None))
             .values(state=MessageState.SENT.value, delivered_at=None, read_at=None, failed_at=None,
-                    error_code=None, error_title=None, error_details=None, pricing_category=None)
+                    error_code=None, error_title=None, error_details=None, pricing_category=None,
+                    pricing_billable=None, pricing_model=None, pricing_type=None)
         )
         session.execute(delete(PendingStatus))
         session.execute(update(WebhookEvent).values(processed_at=None, error=None))
@@ -500,6 +505,15 @@ def _apply_statuses(session: Session, statuses: list[tuple[StatusItem, _Source]]
 
 
 def _merge_into(row: _Row, item: StatusItem) -> None:
+    # The pricing of the latest status (by its time) that carries any: order-independent, so
+    # duplicates, disorder and a replay end the same. Ties keep what is there.
+    latest = max((t for t in (row.sent_at, row.delivered_at, row.read_at, row.failed_at) if t is not None), default=None)
+    carries_pricing = item.pricing_billable is not None or item.pricing_model or item.pricing_type
+    if carries_pricing and (row.pricing_billable is None and row.pricing_model is None and row.pricing_type is None
+                            or latest is None or item.at > latest):
+        row.pricing_billable = item.pricing_billable if item.pricing_billable is not None else row.pricing_billable
+        row.pricing_model = item.pricing_model or row.pricing_model
+        row.pricing_type = item.pricing_type or row.pricing_type
     current = Delivery(
         state=row.state, sent_at=row.sent_at, delivered_at=row.delivered_at, read_at=row.read_at,
         failed_at=row.failed_at,

@@ -53,7 +53,25 @@ def format_summary(s: Summary) -> str:
         if s.retry_errors:
             lines.append("  the last error of messages that did not fail (earlier ones are not kept):")
             lines.extend(_group_lines(s.retry_errors))
+    if s.billing is not None and (s.billing.reported or s.handed_to_meta):
+        lines.extend(_billing_lines(s))
     return "\n".join(lines)
+
+
+def _billing_lines(s: Summary) -> list[str]:
+    b = s.billing
+    assert b is not None
+    billable = ", ".join(f"{category} {n:,}" for category, n in b.billable_by_category.items()) or "none"
+    free = ", ".join(f"{kind} {n:,}" for kind, n in b.free_by_type.items())
+    lines = [f"Billing (Meta's pricing in status webhooks, {b.reported:,} of {s.handed_to_meta:,} reported): "
+             f"billable {billable}" + (f"; free {free}" if free else "")]
+    by_category = ", ".join(f"{category} {v:,.2f}" for category, v in b.spend_by_category.items())
+    lines.append(f"  spend    {b.spend:,.2f} {b.currency}" + (f" ({by_category})" if by_category else "")
+                 + f", rate card {b.rates}")
+    planned = ", ".join(f"{category} {v:,.2f}" for category, v in b.estimated_by_category.items())
+    lines.append(f"  estimate {b.estimated:,.2f} {b.currency}" + (f" ({planned})" if planned else "")
+                 + " for the same messages")
+    return lines
 
 
 def _group_lines(groups: list[ErrorGroup]) -> list[str]:

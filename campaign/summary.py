@@ -63,6 +63,30 @@ class Durations:
 
 
 @dataclass(frozen=True)
+class Billing:
+    """What Meta reported billable in its status webhooks (`pricing`), priced from the rate card,
+    beside the estimate of the same messages: plan and outcome side by side."""
+
+    reported: int
+    """Messages with a `pricing` object in a status webhook."""
+    billable_by_category: dict[str, int]
+    """`pricing.billable` true, by `pricing.category`."""
+    free_by_type: dict[str, int]
+    """`pricing.billable` false, by `pricing.type` (`free_customer_service`, `free_entry_point`)."""
+    spend: float
+    """Billable messages x the card's price for the recipient's market and the reported category."""
+    spend_by_category: dict[str, float]
+    estimated: float
+    """The estimate (estimate.py's rules) of the messages Meta accepted: a template is billed at
+    the campaign's category (unknown: marketing) unless it is a utility template sent inside
+    the window (not `business_initiated`); free-form text is free."""
+    estimated_by_category: dict[str, float]
+    currency: str
+    rates: str
+    """The card: its name and effective date."""
+
+
+@dataclass(frozen=True)
 class Summary:
     """A campaign's outcome in figures; every definition is in its field's docstring."""
 
@@ -126,6 +150,8 @@ class Summary:
     one): what the engine recovered from. Approximate in the same way."""
     first_sent_at: datetime | None
     last_sent_at: datetime | None
+    billing: Billing | None = None
+    """What Meta reported billable and its estimated spend, next to the estimate (None: no card)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (`campaign report --json`): times ISO 8601 UTC, durations in seconds."""
@@ -137,7 +163,7 @@ class Summary:
 
 
 def summary(db: Database, name: str, *, now: datetime | None = None,
-            waiting_after: timedelta = WAITING_AFTER) -> Summary:
+            waiting_after: timedelta = WAITING_AFTER, card: Any = None) -> Summary:
     """The figures of campaign `name`, aggregated by the database (nothing per row in Python)."""
     now = now or utcnow()
     with db.read_session() as session:
@@ -181,6 +207,7 @@ def summary(db: Database, name: str, *, now: datetime | None = None,
         buttons = bound_payloads(campaign.binding) | quick_reply_labels(campaign.template_definition)
         replies_by_button = _replies_by_button(conn, mine, buttons) if replied else {}
         state = campaign.state
+        billing = _billing(conn, campaign, card)
 
     reached = counts["delivered"] + counts["read"]
     handed = counts["sent"] + reached + failed_accepted
@@ -194,7 +221,59 @@ def summary(db: Database, name: str, *, now: datetime | None = None,
         time_to_deliver=time_to_deliver, time_to_read=time_to_read,
         waiting_for_status=waiting, waiting_after=waiting_after, in_doubt=in_doubt, in_flight=in_flight,
         retry_pending=retry_pending, retried=retried, pair_limited=pair_limited, throttled=throttled,
-        retry_errors=retry_errors, first_sent_at=first_sent, last_sent_at=last_sent,
+        retry_errors=retry_errors, first_sent_at=first_sent, last_sent_at=last_sent, billing=billing,
+    )
+
+
+def _billing(conn: Connection, campaign: Any, card: Any) -> Billing | None:
+    """One grouped query over the messages Meta accepted: the database counts, Python prices
+    one row per (number prefix, category, pricing) group."""
+    from decimal import Decimal
+
+    from campaign import estimate
+    from campaign.models import Contact
+
+    if card is None:
+        try:
+            card = estimate.load_card()
+        except Exception:  # noqa: BLE001 - a summary without spend beats none
+            return None
+    c = Contact.__table__.c
+    accepted = or_(_m.wamid.is_not(None), _m.sent_at.is_not(None))
+    keys = (func.substr(c.phone, 1, 7), func.substr(c.user_id, 1, 2), _m.pricing_category, _m.pricing_billable,
+            _m.pricing_type, _m.kind, _m.business_initiated)
+    query = (select(*keys, func.min(c.phone), func.count()).select_from(Message.__table__.join(Contact.__table__, c.id == _m.contact_id))
+             .where(_m.campaign_id == campaign.id, accepted).group_by(*keys))
+    planned_category = estimate.priced_category(estimate.campaign_category(campaign))
+    reported = 0
+    billable: dict[str, int] = {}
+    free: dict[str, int] = {}
+    spend: dict[str, Decimal] = {}
+    planned: dict[str, Decimal] = {}
+    for _prefix, bsuid, category, is_billable, ptype, sent_as, initiated, example, n in conn.execute(query):
+        country = estimate.country_of(example, bsuid)
+        if is_billable is not None or ptype is not None:
+            reported += n
+        if is_billable:
+            label = category or "unknown"
+            billable[label] = billable.get(label, 0) + n
+            spend[label] = spend.get(label, Decimal(0)) + estimate.price(card, country, category) * n
+        elif is_billable is not None:
+            free[ptype or "unknown"] = free.get(ptype or "unknown", 0) + n
+        if sent_as == "text":
+            planned.setdefault(estimate.SERVICE, Decimal(0))
+        elif planned_category == "utility" and not initiated:
+            planned.setdefault(planned_category, Decimal(0))
+        else:
+            planned[planned_category] = planned.get(planned_category, Decimal(0)) + \
+                card.rate(card.market_of(country), planned_category) * n
+    money = lambda v: float(round(v, 6))  # noqa: E731
+    return Billing(
+        reported=reported, billable_by_category=dict(sorted(billable.items())), free_by_type=dict(sorted(free.items())),
+        spend=money(sum(spend.values(), Decimal(0))), spend_by_category={k: money(v) for k, v in sorted(spend.items())},
+        estimated=money(sum(planned.values(), Decimal(0))),
+        estimated_by_category={k: money(v) for k, v in sorted(planned.items())},
+        currency=card.currency, rates=f"{card.name} (effective {card.effective_date})",
     )
 
 
