@@ -332,17 +332,102 @@ def test_xlsx_is_refused_above_excels_row_limit(db: Database, tmp_path: Path, mo
     assert export.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx", statuses="read").rows == 2
 
 
-def test_xlsx_keeps_text_that_looks_like_a_formula_as_text(db: Database, tmp_path: Path) -> None:
-    build_spring(db)
-    with db.session() as session:
-        session.execute(update(Message).values(params={"name": "=HYPERLINK(\"http://x\")", "note": "bell\x07"}))
-    export.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx")
+def _xlsx_cells(source: Path | bytes) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """(the header, each row's cells by column, keyed by phone) of the xlsx report's one sheet."""
     from openpyxl import load_workbook
 
-    sheet = load_workbook(tmp_path / "r.xlsx", read_only=True)["report"]
-    rows = list(sheet.iter_rows(values_only=True))
-    assert rows[1][rows[0].index("name")] == '=HYPERLINK("http://x")'
-    assert rows[1][rows[0].index("note")] == "bell"
+    book = load_workbook(io.BytesIO(source) if isinstance(source, bytes) else source)
+    assert book.sheetnames == ["report"]
+    header, *rows = list(book["report"].iter_rows())
+    names = [cell.value for cell in header]
+    return names, {row[0].value: dict(zip(names, row)) for row in rows}
+
+
+def test_xlsx_cells_are_text_except_the_error_code(db: Database, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = build_spring(db)
+    with db.session() as session:
+        session.execute(update(Message).where(Message.id == ids[7])
+                        .values(params={"phone": "0151 23000007", "name": "=HYPERLINK(\"http://x\")", "order": "007"},
+                                reply="+49 call me"))
+    monkeypatch.setattr(export, "XLSX_SLICE_ROWS", 5)  # several slices, so their seams are tested too
+    export.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx")
+
+    names, rows = _xlsx_cells(tmp_path / "r.xlsx")
+    assert names == export.COLUMNS + ["csv_phone", "name", "order"]
+    assert list(rows) == PHONES[::-1]
+    failed = rows[PHONES[7]]
+    assert (failed["phone"].value, failed["phone"].data_type) == ("+4915123000007", "s")
+    assert (failed["name"].value, failed["name"].data_type) == ('=HYPERLINK("http://x")', "s")  # text, not a formula
+    assert (failed["reply"].value, failed["reply"].data_type) == ("+49 call me", "s")  # no CSV-style quote needed
+    assert (failed["order"].value, failed["order"].data_type) == ("007", "s")  # the leading zeros survive
+    assert (failed["error_code"].value, failed["error_code"].data_type) == (131026, "n")
+    assert (failed["sent_at"].value, failed["sent_at"].data_type) == ("2026-11-21T10:00:50Z", "s")  # ISO text, as in CSV
+    assert (failed["failed_at"].value, failed["read_at"].value, failed["wa_id"].value) == ("2026-11-21T10:00:55Z", None, None)
+    read = rows[PHONES[5]]
+    assert [read[c].value for c in export.TIME_COLUMNS] == [
+        "2026-11-21T10:00:30Z", "2026-11-21T10:00:31Z", "2026-11-21T10:01:30Z", None, "2026-11-21T10:01:35Z"]
+    assert rows[PHONES[0]]["error_code"].value == 131000
+
+
+def test_xlsx_drops_what_xml_cannot_hold_and_keeps_what_it_can(db: Database, tmp_path: Path) -> None:
+    build_spring(db)
+    with db.session() as session:
+        session.execute(update(Message).values(params={"name": " <a & b> ", "note": "bell\x07", "lines": "one\r\ntwo"}))
+    export.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx")
+    _, rows = _xlsx_cells(tmp_path / "r.xlsx")
+    row = rows[PHONES[0]]
+    assert (row["name"].value, row["note"].value, row["lines"].value) == (" <a & b> ", "bell", "one\r\ntwo")
+
+
+def test_xlsx_rows_are_inline_text_cells_and_numbers() -> None:
+    xml = bytes(export.xlsx_rows([pa.array(["+49", None, " a&<b>", "_x0041_", ""]), pa.array([1, None, 3, None, 5])],
+                                 ["A", "B"], 2)).decode()
+    assert xml == (
+        '<row r="2"><c r="A2" t="inlineStr"><is><t>+49</t></is></c><c r="B2"><v>1</v></c></row>'
+        '<row r="3"></row>'
+        '<row r="4"><c r="A4" t="inlineStr"><is><t xml:space="preserve"> a&amp;&lt;b&gt;</t></is></c><c r="B4"><v>3</v></c></row>'
+        # Excel would read `_x0041_` as "A": its own escape keeps the text as written.
+        '<row r="5"><c r="A5" t="inlineStr"><is><t>_x005F_x0041_</t></is></c></row>'
+        '<row r="6"><c r="B6"><v>5</v></c></row>'
+    )
+    assert [export._column_letter(i) for i in (0, 25, 26, 701, 702)] == ["A", "Z", "AA", "ZZ", "AAA"]
+
+
+def test_xlsx_cuts_a_value_at_excels_cell_limit() -> None:
+    xml = bytes(export.xlsx_rows([pa.array(["é" * (export.EXCEL_MAX_CHARS + 10)])], ["A"], 1)).decode()
+    assert xml.count("é") == export.EXCEL_MAX_CHARS
+
+
+class _Pipe(io.RawIOBase):
+    """A binary stream that only writes (`-o -` to a pipe)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.data += data
+        return len(data)
+
+
+def test_xlsx_goes_to_a_stream_that_cannot_seek(db: Database, tmp_path: Path) -> None:
+    build_spring(db)
+    pipe = _Pipe()
+    assert export.write_report(db, "spring", pipe, fmt="xlsx").rows == 12
+    export.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx")
+    from_stream, from_file = _xlsx_cells(bytes(pipe.data)), _xlsx_cells(tmp_path / "r.xlsx")
+    assert [[c.value for c in row.values()] for row in from_stream[1].values()] == [
+        [c.value for c in row.values()] for row in from_file[1].values()]
+
+
+def test_an_xlsx_filter_that_matches_nothing_writes_the_header_alone(db: Database, tmp_path: Path) -> None:
+    seed(db, "spring", PHONES[:2])
+    export.write_report(db, "spring", tmp_path / "r.xlsx", fmt="xlsx", statuses=["read"])
+    names, rows = _xlsx_cells(tmp_path / "r.xlsx")
+    assert (names, rows) == (export.COLUMNS + ["name", "order"], {})
 
 
 def test_rows_from_no_import_contribute_every_key_in_order_of_appearance(db: Database) -> None:
