@@ -268,7 +268,7 @@ def test_a_changed_number_rekeys_the_contact_and_its_opt_out_survives(db: Databa
 
 
 def test_the_recorded_number_change_moves_the_contact(db: Database) -> None:
-    fixture = json.loads((Path(__file__).parents[2] / "shared/fixtures/meta-webhooks/system.json").read_text())
+    fixture = json.loads((Path(__file__).parent / "fixtures/meta-webhooks/system.json").read_text())
     seed(db, phone="+972987654321", wamid=None, state=MessageState.QUEUED)
     deliver(db, json.dumps(fixture["phone_number_change"]).encode())
     assert contact(db, "+972912345678").id is not None
