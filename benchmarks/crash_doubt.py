@@ -14,7 +14,6 @@ short grace) finishes the campaign, and the sandbox's ledger says whether anyone
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -24,12 +23,11 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from dispatch_helpers import SENDER, TOKEN, free_port, phones, seed  # noqa: E402
+from dispatch_helpers import SENDER, TOKEN, fresh_database, phones, sandbox_process, seed  # noqa: E402
 
-from campaign.db import Database  # noqa: E402
 from campaign.models import Message  # noqa: E402
 
 
@@ -43,24 +41,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         url = args.database or f"sqlite:///{folder}/crash.db"
-        if url.startswith("postgresql"):
-            engine = create_engine(url, isolation_level="AUTOCOMMIT")
-            with engine.connect() as conn:
-                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-            engine.dispose()
-            Database.open(url, migrate=False).upgrade()
-        db = Database.open(url)
+        db = fresh_database(url)
         campaign_id = seed(db, "crash", phones(args.messages), template="hello_world", params=())
-        port = free_port()
         low, high = (float(x) for x in args.latency.split("-"))
-        Path(folder, "sandbox.json").write_text(json.dumps({
-            "access_token": TOKEN, "phone_number_id": SENDER, "mps": max(args.mps, 80) * 2, "pair_interval": 0,
-            "latency_ms": [low, high]}))
-        sandbox = subprocess.Popen([sys.executable, "-m", "campaign.sandbox", "--port", str(port),
-                                    "--config", f"{folder}/sandbox.json"])
-        base = f"http://127.0.0.1:{port}"
-        try:
-            _wait_up(base)
+        with sandbox_process(Path(folder), mps=max(args.mps, 80) * 2, pair_interval=0,
+                             latency_ms=[low, high]) as sandbox:
+            base = sandbox.url
             env = {**os.environ, "CAMPAIGN_DATABASE_URL": url, "WA_API_BASE_URL": base, "WA_ACCESS_TOKEN": TOKEN,
                    "WA_PHONE_NUMBER_ID": SENDER, "CAMPAIGN_MPS": str(args.mps), "CAMPAIGN_PAIR_INTERVAL": "0"}
             for kill in range(args.kills):
@@ -90,26 +76,11 @@ def main() -> None:
             figures = httpx.get(f"{base}/_sandbox/figures", params={"phone_number_id": SENDER}).json()
             print(f"finished: accepted {figures['accepted']} of {args.messages}, duplicate sends "
                   f"{figures['duplicate_sends']} (the in-doubt ones that had left were sent again: no webhook here)")
-        finally:
-            sandbox.terminate()
-            sandbox.wait()
-            db.close()
+        db.close()
 
 
 def _accepted(base: str) -> int:
     return httpx.get(f"{base}/_sandbox/figures", params={"phone_number_id": SENDER}).json()["accepted"]
-
-
-def _wait_up(base: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"{base}/_sandbox/health", timeout=1)
-            return
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,11 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from dispatch_helpers import SENDER, TOKEN, free_port, phones, seed  # noqa: E402
+from dispatch_helpers import SENDER, TOKEN, free_port, fresh_database, phones, seed  # noqa: E402
 from measure import process_cpu_seconds  # noqa: E402
 
-from campaign.db import Database  # noqa: E402
 
 
 def main() -> None:
@@ -50,13 +48,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         url = args.database or f"sqlite:///{folder}/bench.db"
-        if url.startswith("postgresql"):
-            engine = create_engine(url, isolation_level="AUTOCOMMIT")
-            with engine.connect() as conn:
-                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-            engine.dispose()
-            Database.open(url, migrate=False).upgrade()
-        db = Database.open(url)
+        db = fresh_database(url)
         seed(db, "bench", phones(args.messages), running=True)
         db.close()
 

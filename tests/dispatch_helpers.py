@@ -49,6 +49,19 @@ def seed(db: Database, name: str, numbers: Sequence[str], *, template: str = "or
         return campaign.id
 
 
+def fresh_database(url: str) -> Database:
+    """An empty, migrated database at `url` (PostgreSQL: its public schema dropped first)."""
+    from sqlalchemy import create_engine, text
+
+    if url.startswith("postgresql"):
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        engine.dispose()
+        Database.open(url, migrate=False).upgrade()
+    return Database.open(url)
+
+
 def dispatcher(db: Database, url: str, *, clock: Clock = SYSTEM, **config: Any) -> Dispatcher:
     """A worker built as `campaign worker` builds it, against the sandbox at `url`."""
     settings = Settings(api_base_url=url, access_token=TOKEN, phone_number_id=SENDER)
