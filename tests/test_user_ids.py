@@ -410,3 +410,14 @@ def test_the_golden_payloads_are_accepted_signed_and_applied(db: Database, body:
         assert message(db, 1).state == "delivered"
     else:
         assert suppressions(db) == {PHONE: "opt_out", BSUID: "opt_out"}
+
+
+def test_import_and_status_from_the_command_line(cli: Any, tmp_path: Path) -> None:
+    assert cli("create", "by-cli", "--template", "hello_world", "--language", "en_US").exit_code == 0
+    (tmp_path / "ids.csv").write_text(f"ID\n{BSUID}\nnot-an-id\n", encoding="utf-8")
+    result = cli("import", "by-cli", str(tmp_path / "ids.csv"), "--user-id-column", "ID", "--json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert {k: figures[k] for k in ("imported", "invalid")} == {"imported": 1, "invalid": 1}
+    status = json.loads(cli("status", "by-cli", "--json").output.strip().splitlines()[-1])
+    assert status["total"] == 1 and "unmatched_inbound" not in status
