@@ -221,7 +221,8 @@ def estimate_(app: AppContext, name: str, as_json: bool, rates_file: str | None)
 
     card = estimate.load_card(rates_file)
     figures = estimate.estimate_campaign(app.database(), name, card, now=utcnow(),
-                                         unreachable_days=app.settings.unreachable_days)
+                                         unreachable_days=app.settings.unreachable_days,
+                                         marketing_frequency=app.settings.marketing_frequency)
     data = figures.as_dict()
     if as_json:
         click.echo(json.dumps(data))

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from dotenv import dotenv_values
 
 from campaign.exceptions import CampaignError
+from campaign.policy import MarketingFrequency, parse_marketing_frequency
 
 DEFAULT_DATABASE_URL = "sqlite:///campaign.db"
 
@@ -58,6 +59,9 @@ class Settings:
     breaker_threshold: float = 0.3
     """...and pauses it when more than this share failed with errors that hurt the number's
     quality rating (breaker.py); 0 turns it off."""
+    marketing_frequency: MarketingFrequency | None = None
+    """CAMPAIGN_MARKETING_FREQUENCY (`2/7d`): at most that many marketing templates per
+    recipient in any moving period, across campaigns; None (the default) is no cap."""
 
     def secrets(self) -> list[str]:
         return [s for s in (self.access_token, self.app_secret, self.verify_token) if s]
@@ -68,8 +72,9 @@ class Settings:
         return replace(self, **given, explicit=self.explicit | given.keys())
 
 
-# environment variable -> (Settings field, parser)
-_VARIABLES: dict[str, tuple[str, type]] = {
+# environment variable -> (Settings field, parser); a parser other than int, float and str
+# raises ValueError with a phrase that follows the variable's name in the error line.
+_VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "CAMPAIGN_DATABASE_URL": ("database_url", str),
     "WA_API_BASE_URL": ("api_base_url", str),
     "WA_API_VERSION": ("api_version", str),
@@ -90,6 +95,7 @@ _VARIABLES: dict[str, tuple[str, type]] = {
     "CAMPAIGN_UNREACHABLE_DAYS": ("unreachable_days", float),
     "CAMPAIGN_BREAKER_WINDOW": ("breaker_window", int),
     "CAMPAIGN_BREAKER_THRESHOLD": ("breaker_threshold", float),
+    "CAMPAIGN_MARKETING_FREQUENCY": ("marketing_frequency", parse_marketing_frequency),
 }
 _ZERO_ALLOWED = {"pair_interval", "send_grace", "server_error_grace", "marketing_retry_after", "marketing_retries", "unreachable_days",
                  "breaker_threshold"}
@@ -111,9 +117,11 @@ def load_settings(
             continue
         try:
             value = parse(raw.strip())
-        except ValueError:
-            raise CampaignError(f"{variable}={raw!r} is not a valid {parse.__name__}") from None
-        if parse in (int, float) and (value < 0 or (value == 0 and name not in _ZERO_ALLOWED)):
+        except ValueError as exc:
+            if parse in (int, float, str):
+                raise CampaignError(f"{variable}={raw!r} is not a valid {parse.__name__}") from None
+            raise CampaignError(f"{variable}={raw!r} {exc}") from None
+        if isinstance(value, (int, float)) and (value < 0 or (value == 0 and name not in _ZERO_ALLOWED)):
             raise CampaignError(f"{variable} must be {'at least' if name in _ZERO_ALLOWED else 'greater than'} 0, not {raw}")
         kwargs[name] = value
     return Settings(**kwargs, explicit=frozenset(kwargs))  # type: ignore[arg-type]

@@ -95,6 +95,8 @@ class DispatchConfig:
     marketing_retry_after: float = 86400.0
     marketing_retries: int = 3
     unreachable_days: float = 30.0
+    marketing_frequency: policy.MarketingFrequency | None = None
+    """CAMPAIGN_MARKETING_FREQUENCY: the claim skips a marketing template past it (outbox._decide)."""
     shared_guard: bool = True
     """Whether the cap's hard guard is shared with other workers (see `campaign.limits`)."""
     redis_url: str | None = None
@@ -108,6 +110,7 @@ class DispatchConfig:
                       "mps_explicit": settings.is_explicit("mps") or "mps" in overrides,
                       "marketing_retry_after": settings.marketing_retry_after,
                       "marketing_retries": settings.marketing_retries, "unreachable_days": settings.unreachable_days,
+                      "marketing_frequency": settings.marketing_frequency,
                       **overrides})
 
 
@@ -408,7 +411,8 @@ class Dispatcher:
     def _claim_sync(self, owned: list[RunningCampaign], limit: int, now: datetime) -> list[Claimed]:
         return self.outbox.claim(owned, limit, now, pair_interval=self.config.pair_interval,
                                  unreachable_for=timedelta(days=self.config.unreachable_days),
-                                 daily_unique_limit=self._daily_limit(owned))
+                                 daily_unique_limit=self._daily_limit(owned),
+                                 marketing_frequency=self.config.marketing_frequency)
 
     def _daily_limit(self, owned: list[RunningCampaign]) -> int | None:
         """CAMPAIGN_DAILY_UNIQUE_LIMIT, else the sender's messaging limit as Meta reported it."""

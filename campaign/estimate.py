@@ -30,7 +30,7 @@ import phonenumbers
 from phonenumbers import NumberParseException
 
 from campaign.exceptions import CampaignError
-from campaign.policy import WINDOW, suppression_applies
+from campaign.policy import WINDOW, MarketingFrequency, suppression_applies
 
 CATEGORIES = ("marketing", "utility", "authentication")
 SERVICE = "service"
@@ -46,6 +46,7 @@ SKIP_REASONS = {
     "unreachable": "a message to the number failed with 131026 recently (CAMPAIGN_UNREACHABLE_DAYS)",
     "us_marketing": "marketing template to a United States number (Meta does not deliver them)",
     "authentication_bsuid": "authentication template to a user known only by a BSUID (131062)",
+    "frequency_cap": "marketing template past the frequency cap if sent now (CAMPAIGN_MARKETING_FREQUENCY)",
 }
 _PREFIX = 7
 """Numbers are grouped by their first characters (`+` and 6 digits): enough to tell the countries
@@ -177,6 +178,9 @@ class Group:
     unreachable: bool = False
     """A message to them failed with 131026 within CAMPAIGN_UNREACHABLE_DAYS."""
     phone_less: bool = False
+    frequency_capped: bool = False
+    """They got CAMPAIGN_MARKETING_FREQUENCY's count of marketing templates in its period
+    before now: one more marketing template would be skipped (read only for a marketing campaign)."""
 
 
 @dataclass
@@ -216,6 +220,8 @@ class Estimate:
     """Every queued message by country, skipped ones included."""
     skipped_by_country: dict[str, int] = field(default_factory=dict)
     cost: Decimal = Decimal(0)
+    marketing_frequency: str | None = None
+    """CAMPAIGN_MARKETING_FREQUENCY as applied (`2/7d`), None when unset."""
 
     def by_country(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -257,6 +263,7 @@ class Estimate:
             "billable": self.billable,
             "skipped": dict(sorted(self.skipped.items())),
             "skipped_total": sum(self.skipped.values()),
+            "marketing_frequency": self.marketing_frequency,
             "by_country": by_country,
             "by_category": by_category,
             "lines": [{"country": line.country, "market": line.market, "category": line.category,
@@ -289,11 +296,13 @@ def skip_reason(group: Group, category: str | None) -> str | None:
 
 
 def estimate(groups: Iterable[Group], card: RateCard, *, category: str | None, has_text: bool = False,
-             campaign: str = "") -> Estimate:
-    """The figures of sending the queued messages in `groups` now, priced from `card`. Pure."""
+             campaign: str = "", marketing_frequency: MarketingFrequency | None = None) -> Estimate:
+    """The figures of sending the queued messages in `groups` now, priced from `card`. Pure.
+    `marketing_frequency` is only named in the figures: the groups say who is past it."""
     category = category if category in CATEGORIES else None
     priced_as = priced_category(category)
-    result = Estimate(campaign=campaign, category=category, priced_as=priced_as, has_text=has_text, card=card)
+    result = Estimate(campaign=campaign, category=category, priced_as=priced_as, has_text=has_text, card=card,
+                      marketing_frequency=str(marketing_frequency) if marketing_frequency else None)
     lines: dict[tuple[str, str], Line] = {}
     for group in groups:
         if group.count <= 0:
@@ -308,6 +317,10 @@ def estimate(groups: Iterable[Group], card: RateCard, *, category: str | None, h
                 reason = "authentication_bsuid"
             elif priced_as == "marketing" and group.country == "US":
                 reason = "us_marketing"
+            elif category == "marketing" and group.frequency_capped:
+                # As the claim decides (outbox._decide): a template of a campaign known to be
+                # marketing; free-form text inside the window is not capped (`text` above).
+                reason = "frequency_cap"
         if reason is not None:
             result.skipped[reason] = result.skipped.get(reason, 0) + group.count
             result.skipped_by_country[country] = result.skipped_by_country.get(country, 0) + group.count
@@ -349,13 +362,19 @@ def campaign_category(campaign: Any) -> str | None:
     return category if category in CATEGORIES else None
 
 
-def read_groups(session: Any, campaign_id: int, *, now: datetime, unreachable_days: float) -> list[Group]:
+def read_groups(session: Any, campaign_id: int, *, now: datetime, unreachable_days: float,
+                marketing_frequency: MarketingFrequency | None = None) -> list[Group]:
     """The queued messages of a campaign grouped by the facts the estimate needs: one grouped
-    query (the database counts, Python sees one row per group, not per recipient)."""
+    query (the database counts, Python sees one row per group, not per recipient).
+
+    With `marketing_frequency` (pass it for a marketing campaign only), recipients past the
+    cap now are told apart: the claim's own measure (outbox.marketing_templates_in_period),
+    counted per contact by the database in a derived table joined to the campaign's rows."""
     from sqlalchemy import case, func, literal, select
     from sqlalchemy.orm import aliased
 
-    from campaign.models import Contact, Message, Suppression
+    from campaign.models import Campaign, Contact, Message, Suppression
+    from campaign.outbox import marketing_templates_in_period
     from campaign.states import MessageState
 
     by_phone, by_user_id = aliased(Suppression), aliased(Suppression)
@@ -364,9 +383,21 @@ def read_groups(session: Any, campaign_id: int, *, now: datetime, unreachable_da
     window = case((Contact.last_inbound_at > now - WINDOW, literal(1)), else_=literal(0))
     unreachable = case((Contact.unreachable_at > now - timedelta(days=unreachable_days), literal(1)), else_=literal(0))
     phone_less = case((Contact.phone.is_(None), literal(1)), else_=literal(0))
-    keys = (prefix, bsuid, window, unreachable, phone_less, by_phone.scope, by_user_id.scope)
+    keys: list[Any] = [prefix, bsuid, window, unreachable, phone_less, by_phone.scope, by_user_id.scope]
+    capped: Any = literal(0)
+    past_cap = None
+    if marketing_frequency is not None:
+        past_cap = (
+            select(Message.contact_id.label("contact_id"))
+            .join(Campaign, Campaign.id == Message.campaign_id)
+            .where(*marketing_templates_in_period(now, marketing_frequency.period))
+            .group_by(Message.contact_id)
+            .having(func.count() >= marketing_frequency.count)
+            .subquery("past_cap")
+        )
+        capped = case((past_cap.c.contact_id.is_not(None), literal(1)), else_=literal(0))
     query = (
-        select(*keys, func.min(Contact.phone), func.count())
+        select(*keys, capped, func.min(Contact.phone), func.count())
         .select_from(Message)
         .join(Contact, Contact.id == Message.contact_id)
         .outerjoin(by_phone, by_phone.phone == Contact.phone)
@@ -374,22 +405,29 @@ def read_groups(session: Any, campaign_id: int, *, now: datetime, unreachable_da
         .where(Message.campaign_id == campaign_id, Message.state == MessageState.QUEUED.value)
         .group_by(*keys)
     )
+    if past_cap is not None:  # without the cap the query is as it was: no join, no extra key
+        query = query.outerjoin(past_cap, past_cap.c.contact_id == Contact.id).group_by(capped)
     groups = []
-    for pre, cc, in_window, gone, no_phone, scope_phone, scope_user, example, count in session.execute(query):
+    for pre, cc, in_window, gone, no_phone, scope_phone, scope_user, over, example, count in session.execute(query):
         groups.append(Group(
             country=country_of(example, cc if no_phone else None) if example or cc else None,
             count=int(count), in_window=bool(in_window), unreachable=bool(gone), phone_less=bool(no_phone),
             suppression_scopes=tuple(s for s in (scope_phone, scope_user) if s is not None),
+            frequency_capped=bool(over),
         ))
     return groups
 
 
-def estimate_campaign(db: Any, name: str, card: RateCard, *, now: datetime, unreachable_days: float) -> Estimate:
-    """`campaign estimate NAME`: read the facts, then compute."""
+def estimate_campaign(db: Any, name: str, card: RateCard, *, now: datetime, unreachable_days: float,
+                      marketing_frequency: MarketingFrequency | None = None) -> Estimate:
+    """`campaign estimate NAME`: read the facts, then compute. The frequency cap is counted as
+    if every message went now (the claim counts again when each one goes)."""
     from campaign import campaigns
 
     with db.read_session() as session:
         campaign = campaigns.get(session, name)
-        groups = read_groups(session, campaign.id, now=now, unreachable_days=unreachable_days)
         category, has_text = campaign_category(campaign), campaign.text_body is not None
-    return estimate(groups, card, category=category, has_text=has_text, campaign=name)
+        groups = read_groups(session, campaign.id, now=now, unreachable_days=unreachable_days,
+                             marketing_frequency=marketing_frequency if category == "marketing" else None)
+    return estimate(groups, card, category=category, has_text=has_text, campaign=name,
+                    marketing_frequency=marketing_frequency)

@@ -155,6 +155,7 @@ class Outbox:
         pair_interval: float,
         daily_unique_limit: int | None = None,
         unreachable_for: timedelta = policy.UNREACHABLE_FOR,
+        marketing_frequency: policy.MarketingFrequency | None = None,
     ) -> list[Claimed]:
         """Lease up to `limit` sendable messages and decide what each one gets."""
         by_id = {c.id: c for c in campaigns}
@@ -204,7 +205,8 @@ class Outbox:
                 .where(Message.id.in_(claimed_ids))
                 .order_by(Message.id)
             ).all()
-            return self._decide(session, rows, by_id, now, pair_interval, daily_unique_limit, unreachable_for)
+            return self._decide(session, rows, by_id, now, pair_interval, daily_unique_limit, unreachable_for,
+                                marketing_frequency)
 
     def _decide(
         self,
@@ -215,6 +217,7 @@ class Outbox:
         pair_interval: float,
         daily_unique_limit: int | None,
         unreachable_for: timedelta,
+        marketing_frequency: policy.MarketingFrequency | None = None,
     ) -> list[Claimed]:
         # Reserve each recipient for the pair interval: until the lease ends (the latest the
         # send can start), plus the interval. The result replaces it with the real time.
@@ -231,6 +234,15 @@ class Outbox:
         budget = policy.budget_left(daily_unique_limit, _reached_count(session, now) if daily_unique_limit else 0)
         # People already reached in the moving 24 hours cost the messaging limit nothing more.
         already = _reached_among(session, now, contact_ids) if daily_unique_limit else set()
+        # The marketing frequency cap, counted after the reservation above: whoever decides
+        # for a person holds them (PostgreSQL: a claim reserving them too waits on the row
+        # lock, then finds them taken; SQLite: one claim at a time), so the count cannot move
+        # under this decision. One grouped query for the batch, only when a marketing campaign
+        # is in it; the batch's own messages (just set `sending`) are not counted.
+        capped_ids = list({row.contact_id for row in rows if by_id[row.campaign_id].marketing}) if marketing_frequency else []
+        marketing_sent = (_marketing_templates_among(session, now, marketing_frequency.period, capped_ids,
+                                                     [row.id for row in rows])
+                          if marketing_frequency is not None and capped_ids else {})
         claimed: list[Claimed] = []
         seen_contacts: set[int] = set()
         release: list[dict[str, Any]] = []
@@ -264,6 +276,12 @@ class Outbox:
                 continue
             if decision.choice is policy.Choice.WAIT:
                 release.append({"mid": row.id, "due": decision.until})
+                continue
+            if (marketing_frequency is not None and campaign.marketing and decision.choice is policy.Choice.TEMPLATE
+                    and marketing_frequency.capped(marketing_sent.get(row.contact_id, 0))):
+                # Skipped, not delayed: the cap is the business's "not this campaign for this
+                # person", and a wait of up to the whole period would keep the campaign open.
+                skip.append({"mid": row.id, "title": marketing_frequency.reason, "at": now})
                 continue
             if decision.business_initiated and budget is not None and row.contact_id not in already:
                 if budget <= 0:
@@ -406,6 +424,47 @@ def _reached_among(session: Session, now: datetime, contact_ids: list[int]) -> s
                                .where(*_reached_outside_window(now), Message.contact_id.in_(contact_ids))))
 
 
+_REACHED_OR_MAY_HAVE = (MessageState.SENDING, MessageState.SENT, MessageState.DELIVERED, MessageState.READ)
+
+
+def marketing_templates_in_period(now: datetime, period: timedelta) -> tuple[Any, ...]:
+    """Marketing templates that count against CAMPAIGN_MARKETING_FREQUENCY (join Campaign):
+    the frequency cap's measure, shared by the claim and `campaign estimate`.
+
+    - Marketing: the campaign's template_category is `marketing` (utility and authentication
+      templates are not capped and do not count; nor does a campaign whose category is not
+      known yet, as with the United States rule: `RunningCampaign.marketing`).
+    - A template: `kind` is what the claim decided; free-form text inside the window is not.
+    - Reached or may have: `sent`, `delivered`, `read`, and `sending` whatever its time (claimed
+      and about to go, or in doubt: its request may have reached Meta). `failed` does not
+      count: it did not reach them (131049 sends it back to `queued`, not counted either).
+    - In the moving period: its request left (`sending_at`, the latest attempt's) or Meta
+      accepted it (`sent_at`, the first) within `period` before `now`; a template sent at t
+      counts until t + period.
+    """
+    since = now - period
+    return (Campaign.template_category == "marketing",
+            Message.kind == policy.Choice.TEMPLATE.value,
+            Message.state.in_(_REACHED_OR_MAY_HAVE),
+            or_(Message.state == MessageState.SENDING, Message.sending_at > since, Message.sent_at > since))
+
+
+def _marketing_templates_among(session: Session, now: datetime, period: timedelta, contact_ids: list[int],
+                               deciding: list[int]) -> dict[int, int]:
+    """Contact id -> marketing templates it got in the period, for `contact_ids` (those with
+    none are left out): one GROUP BY over the batch, by the messages' contact index. The
+    messages being decided (`deciding`, already `sending`) are not counted."""
+    if not contact_ids:
+        return {}
+    return dict(session.execute(
+        select(Message.contact_id, func.count())
+        .join(Campaign, Campaign.id == Message.campaign_id)
+        .where(Message.contact_id.in_(contact_ids), Message.id.not_in(deciding),
+               *marketing_templates_in_period(now, period))
+        .group_by(Message.contact_id)
+    ).all())
+
+
 _m = Message.__table__.c
 _c = Contact.__table__.c
 
@@ -459,3 +518,4 @@ _SKIP = (
     .where(_m.id == bindparam("mid"))
     .values(state=MessageState.SKIPPED.value, error_title=bindparam("title"), lease_owner=None, lease_expires_at=None)
 )
+

@@ -11,6 +11,7 @@ in a moving 24 hours), the per-user marketing limit (131049: not again within 24
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -99,6 +100,71 @@ def choose_message(
     if marketing and recipient.marketing_limited_until is not None and now < recipient.marketing_limited_until:
         return Decision(Choice.WAIT, "Meta's per-user marketing limit (131049)", until=recipient.marketing_limited_until)
     return Decision(Choice.TEMPLATE, business_initiated=not is_open)
+
+
+FREQUENCY_SETTING = "CAMPAIGN_MARKETING_FREQUENCY"
+FREQUENCY_CAP = "frequency_cap"
+"""The first word of a frequency-capped message's error_title: what reports and scripts match on."""
+_FREQUENCY_HOURS = {"h": 1, "d": 24, "w": 24 * 7}
+_FREQUENCY = re.compile(r"(?P<count>[0-9]{1,9})\s*/\s*(?P<amount>[0-9]{1,9})\s*(?P<unit>[hdw])", re.IGNORECASE)
+MAX_FREQUENCY_PERIOD = timedelta(days=366)
+"""A year: the claim looks this far back in the outbox; a longer cap is a typo more likely than a plan."""
+
+
+@dataclass(frozen=True)
+class MarketingFrequency:
+    """The business's own marketing frequency cap (CAMPAIGN_MARKETING_FREQUENCY): no recipient
+    gets more than `count` marketing templates in any moving `period`, across campaigns.
+
+    Not Meta's rule (Meta's per-user marketing limit, 131049, is opaque and answers after the
+    fact): a cap the business keeps so one person is not sent every campaign of the week.
+    Counted: marketing templates that reached or may have reached the person. Not counted:
+    utility and authentication templates, free-form text inside the 24-hour window (not a
+    template), failed, skipped or cancelled messages (nothing reached them)."""
+
+    count: int
+    period: timedelta
+
+    def __str__(self) -> str:
+        """The setting's canonical spelling: `2/7d`, `1/36h`; whole days in days (`1/24h` is
+        `1/1d`, `2/1w` is `2/7d`), so workers that spell one cap differently still write one
+        error_title, and the summary counts their skips as one reason."""
+        if self.period % timedelta(days=1) == timedelta(0):
+            return f"{self.count}/{self.period // timedelta(days=1)}d"
+        return f"{self.count}/{self.period // timedelta(hours=1)}h"
+
+    def capped(self, marketing_templates_in_period: int) -> bool:
+        """Whether one more marketing template would pass the cap."""
+        return marketing_templates_in_period >= self.count
+
+    @property
+    def reason(self) -> str:
+        """The skipped message's error_title: the same text for every capped message, so the
+        summary's skipped reasons count them as one line."""
+        days, hours = divmod(self.period // timedelta(hours=1), 24)
+        span = _plural(days, "day") if not hours else _plural(days * 24 + hours, "hour")
+        return (f"{FREQUENCY_CAP}: {_plural(self.count, 'marketing template')} in the last {span} "
+                f"({FREQUENCY_SETTING}={self})")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def parse_marketing_frequency(text: str) -> MarketingFrequency:
+    """`N/<int>d`, `N/<int>h` or `N/<int>w` (`2/7d`: at most 2 marketing templates in any 7
+    days), the period at most a year. A ValueError says what is wrong in a phrase the settings
+    reader puts after the setting's name."""
+    spelled = "N/<days>d, N/<hours>h or N/<weeks>w, e.g. 2/7d: at most 2 marketing templates in any 7 days"
+    match = _FREQUENCY.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"is not {spelled}")
+    count, hours = int(match["count"]), int(match["amount"]) * _FREQUENCY_HOURS[match["unit"].lower()]
+    if count < 1:
+        raise ValueError(f"allows no marketing template at all: the count must be at least 1 ({spelled})")
+    if not 1 <= hours <= MAX_FREQUENCY_PERIOD // timedelta(hours=1):
+        raise ValueError(f"needs a period of 1 hour to 366 days ({spelled})")
+    return MarketingFrequency(count, timedelta(hours=hours))
 
 
 def pair_due(last_sent_at: datetime | None, interval: float, now: datetime) -> datetime:
