@@ -4,6 +4,12 @@
     python benchmarks/dispatch.py --messages 60000 --mps 1000 --latency 50-100
     python benchmarks/dispatch.py --messages 60000 --mps 1000 --latency 50-100 --workers 3 \\
         --database postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python benchmarks/dispatch.py --outside-window 0.5               # half wait for their window
+
+`--outside-window F` gives the campaign a send window that is open now in Berlin and closed
+in Tokyo, and makes that share of the recipients (spread through the list) Tokyo numbers:
+the rate is that of the others, who must still fill the cap. The workers are stopped once
+every Berlin recipient is sent (the rest would wait for Tokyo's morning).
 
 Prints the sustained rate (accepted / time between the first and last accepted arrival, as
 the sandbox counts them), the accepted count of each whole second, the largest number of
@@ -27,7 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -44,12 +52,21 @@ def main() -> None:
     parser.add_argument("--latency", default="150-250")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--database", help="SQLAlchemy URL (default: a fresh SQLite file)")
+    parser.add_argument("--outside-window", type=float, default=0.0, metavar="F",
+                        help="share of recipients outside the campaign's send window (Tokyo numbers)")
     args = parser.parse_args()
+    numbers, window = phones(args.messages), None
+    if args.outside_window:
+        berlin = datetime.now(timezone.utc).astimezone(ZoneInfo("Europe/Berlin")).hour
+        window = f"{(berlin - 1) % 24:02d}:00-{(berlin + 2) % 24:02d}:00"
+        every = round(1 / args.outside_window)
+        numbers = [f"+8190{i:08d}" if i % every == 0 else number for i, number in enumerate(numbers)]
+    inside = sum(1 for n in numbers if not n.startswith("+81"))
 
     with tempfile.TemporaryDirectory() as folder:
         url = args.database or f"sqlite:///{folder}/bench.db"
         db = fresh_database(url)
-        seed(db, "bench", phones(args.messages), running=True)
+        seed(db, "bench", numbers, running=True, send_window=window)
         db.close()
 
         port = free_port()
@@ -72,6 +89,11 @@ def main() -> None:
             start = time.perf_counter()
             workers = [subprocess.Popen([sys.executable, "-m", "campaign", "worker", "--exit-when-idle"], env=env)
                        for _ in range(args.workers)]
+            if window:  # the workers would wait for Tokyo's morning: stop them when Berlin is done
+                while httpx.get(f"{base}/_sandbox/figures", params={"phone_number_id": SENDER}).json()["accepted"] < inside:
+                    time.sleep(0.5)
+                for worker in workers:
+                    worker.terminate()
             for worker in workers:
                 worker.wait()
             wall = time.perf_counter() - start
@@ -84,6 +106,8 @@ def main() -> None:
     cpu = usage.ru_utime + usage.ru_stime
     print(f"{args.messages:,} messages, cap {args.mps} MPS, latency {args.latency} ms, "
           f"{args.workers} worker(s) on {url.split(':')[0]}")
+    if window:
+        print(f"send window {window}: {args.messages - inside:,} recipients outside it (Tokyo), {inside:,} inside (Berlin)")
     print(f"sustained rate: {figures['accepted_per_second']:.1f} MPS ({figures['accepted_per_second'] / args.mps:.1%} of the cap)")
     each = figures["accepted_each_second"][1:-1]  # whole seconds only
     if each:

@@ -18,9 +18,10 @@ from campaign.exceptions import CampaignError
 from campaign.clock import utcnow
 from campaign.events import TEMPLATE_STOPPED
 from campaign.models import Campaign, Contact, MediaUpload, Message, TemplateStatus
-from campaign import binding, errors
+from campaign import binding, errors, zone_sets
 from campaign.binding import Binding, Source, SourceKind
 from campaign.payloads import MessageSpec
+from campaign.send_window import SendWindow, parse_timezone
 from campaign.templates import TemplateInfo, parse_template
 from campaign.sql import batches
 from campaign.states import CampaignState, MessageState
@@ -49,6 +50,10 @@ class CampaignSpec:
     phone_number_id: str | None = None
     mps: int | None = None
     category: str | None = None
+    send_window: str | None = None
+    """`--send-window HH:MM-HH:MM` of the recipient's local time."""
+    timezone: str | None = None
+    """`--timezone`: the zone of recipients whose number places them nowhere (default UTC)."""
 
 
 def text_placeholders(body: str) -> list[str]:
@@ -84,6 +89,12 @@ def validate_spec(spec: CampaignSpec) -> None:
         raise CampaignError("--mps must be greater than 0")
     if spec.category is not None and spec.category not in TEMPLATE_CATEGORIES:
         raise CampaignError(f"--category must be one of {', '.join(TEMPLATE_CATEGORIES)}")
+    if spec.send_window is not None:
+        SendWindow.parse(spec.send_window)
+    if spec.timezone is not None:
+        if spec.send_window is None:
+            raise CampaignError("--timezone is the default zone of --send-window: give a send window too")
+        parse_timezone(spec.timezone)
     binding_of_spec(spec)
 
 
@@ -110,6 +121,8 @@ def create(session: Session, spec: CampaignSpec, *, now: datetime | None = None)
         binding={key: source.as_json() for key, source in binding_of_spec(spec).items()},
         phone_number_id=spec.phone_number_id,
         mps=spec.mps,
+        send_window=str(SendWindow.parse(spec.send_window)) if spec.send_window else None,
+        timezone=spec.timezone,
         created_at=now or utcnow(),
     )
     session.add(campaign)
@@ -204,6 +217,8 @@ def resume(session: Session, campaign: Campaign, *, now: datetime | None = None)
     campaign.state = CampaignState.RUNNING
     campaign.pause_reason = None
     campaign.pause_code = None
+    if campaign.send_window:  # contacts imported while it was paused
+        zone_sets.fill(session, campaign.id)
 
 
 LAUNCHABLE = (CampaignState.DRAFT, CampaignState.PAUSED, CampaignState.SCHEDULED)
@@ -226,6 +241,8 @@ def launch(session: Session, campaign: Campaign, *, at: datetime | None = None, 
         campaign.launched_at = campaign.launched_at or now
     campaign.pause_reason = None
     campaign.pause_code = None
+    if campaign.send_window:
+        zone_sets.fill(session, campaign.id)
 
 
 def cancel(session: Session, campaign: Campaign, *, now: datetime | None = None) -> int:
@@ -323,6 +340,9 @@ class RunningCampaign:
     """marketing, utility or authentication; None until given or read at launch."""
     missing_media: tuple[str, ...] = ()
     """Files of the binding with no live upload for the sender (a worker uploads them)."""
+    send_window: SendWindow | None = None
+    timezone: str = "UTC"
+    """The send window's zone for recipients placed in none."""
 
 
 def running(session: Session, names: Sequence[str] | None, now: datetime,
@@ -416,6 +436,8 @@ def _running(campaign: Campaign, media_ids: dict[str, str], missing_media: tuple
         mps=campaign.mps,
         category=campaign.template_category,
         missing_media=missing_media,
+        send_window=zone_sets.window_of(campaign),
+        timezone=campaign.timezone or "UTC",
     )
 
 

@@ -24,11 +24,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from campaign import campaigns, contacts, inbound, sending, suppressions
+from campaign import campaigns, contacts, inbound, sending, suppressions, zone_sets
 from campaign.config import RedactSecrets, Settings, load_settings
 from campaign.db import Database
 from campaign.dispatcher import DispatchStats
 from campaign.exceptions import CampaignError
+from campaign.states import CampaignState
 
 F = TypeVar("F", bound=Callable[..., Any])
 stderr = Console(stderr=True, highlight=False)
@@ -127,6 +128,10 @@ def db_upgrade(app: AppContext) -> None:
     type=click.Choice(campaigns.TEMPLATE_CATEGORIES),
     help="The template's category, if known before launch reads it (marketing is not delivered to US numbers).",
 )
+@click.option("--send-window", metavar="HH:MM-HH:MM",
+              help="Send only between these hours of the recipient's local time (from the number), e.g. 09:00-20:00.")
+@click.option("--timezone", "timezone_", metavar="ZONE",
+              help="The send window's zone for numbers that place the recipient in none (IANA name; default UTC).")
 @pass_app
 @handle_errors
 def create(
@@ -143,6 +148,8 @@ def create(
     phone_number_id: str | None,
     mps: int | None,
     category: str | None,
+    send_window: str | None,
+    timezone_: str | None,
 ) -> None:
     """Create campaign NAME in state draft."""
     headers = {k: v for k, v in (("image", header_image), ("video", header_video), ("document", header_document)) if v}
@@ -152,6 +159,7 @@ def create(
     spec = campaigns.CampaignSpec(
         name=name, template=template, language=language, params=list(params), binds=list(binds), text=text,
         header_type=header_type, header_link=header_link, phone_number_id=phone_number_id, mps=mps, category=category,
+        send_window=send_window, timezone=timezone_,
     )
     database = app.database()
     with database.session() as session:
@@ -288,6 +296,10 @@ def import_(
     endpoint = contacts.endpoint_for(database, app.settings, name) if check_contacts else None
     with _progress("import") as progress:
         result = import_file(database, name, file, options, contacts_endpoint=endpoint, progress=progress)
+    with database.session() as session:
+        campaign = campaigns.get(session, name)
+        if campaign.send_window and campaign.state != CampaignState.DRAFT:  # a draft's are placed at launch
+            zone_sets.fill(session, campaign.id)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if as_json:
@@ -377,6 +389,11 @@ def status(app: AppContext, name: str | None, as_json: bool) -> None:
         figures = sending.progress(database, found[0].id)
         reports[0]["rate"] = round(figures.rate, 2)
         reports[0]["eta_seconds"] = None if figures.eta_seconds is None else round(figures.eta_seconds)
+        if figures.send_window is not None:
+            reports[0]["send_window"] = {
+                "window": found[0].send_window, "timezone": found[0].timezone or "UTC",
+                "waiting": figures.send_window.count,
+                "next_open": figures.send_window.next_open.isoformat() if figures.send_window.next_open else None}
         if figures.marketing_waiting:
             until = figures.marketing_waiting_until
             reports[0]["marketing_limited"] = {"waiting": figures.marketing_waiting,
@@ -413,6 +430,9 @@ def _print_campaign(campaign: Any, report: dict[str, Any]) -> None:
     if waiting := report.get("marketing_limited"):
         stdout.print(f"{waiting['waiting']} wait for Meta's per-user marketing limit (131049), "
                      f"the last until {waiting['until']}")
+    if (window := report.get("send_window")) and window["waiting"]:
+        stdout.print(f"{window['waiting']} wait for their send window ({window['window']} local time); "
+                     f"the next opens at {window['next_open'] or 'not within a week'}")
     if report.get("rate") and campaign.state == "running":
         eta = report["eta_seconds"]
         stdout.print(f"sending {report['rate']:.1f} messages/s" + (f", about {_duration(eta)} left" if eta else ""))

@@ -103,6 +103,10 @@ class Campaign(Base):
     header_type: Mapped[str | None] = mapped_column(String(16))
     header_link: Mapped[str | None] = mapped_column(Text)
     mps: Mapped[int | None] = mapped_column(Integer)
+    send_window: Mapped[str | None] = mapped_column(String(16))
+    """`--send-window`, e.g. `09:00-20:00` of the recipient's local time (send_window.py)."""
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    """`--timezone`: the zone of recipients whose number places them nowhere (None: UTC)."""
     binding: Mapped[dict[str, Any] | None] = mapped_column(JSONText)
     """Template target -> its source (binding.Source as JSON), in the order they were given."""
     template_definition: Mapped[dict[str, Any] | None] = mapped_column(JSONText)
@@ -162,6 +166,20 @@ class Contact(Base):
     so STOP and START arriving in either order end the same (inbound.py)."""
     next_send_at: Mapped[datetime | None]
     """The pair limit, across campaigns and workers: a claim reserves the contact until here."""
+    zone_set_id: Mapped[int | None] = mapped_column(Integer)
+    """The number's time zones (a `ZoneSet`), filled when a campaign with a send window
+    imports or launches it; None until then."""
+
+
+class ZoneSet(Base):
+    """The distinct sets of time zones numbers belong to (a few hundred exist): a contact
+    points at one, so the claim filters send windows by a small integer."""
+
+    __tablename__ = "zone_sets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    zones: Mapped[str] = mapped_column(String(2000), unique=True)
+    """IANA names, sorted, space-separated; empty for a number placed in no zone."""
 
 
 class Import(Base):

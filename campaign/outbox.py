@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from campaign import contacts, identity, phone, policy, suppressions
+from campaign import contacts, identity, phone, policy, send_window, suppressions, zone_sets
 from campaign.campaigns import RunningCampaign
 from campaign.db import Database
 from campaign.models import Campaign, Contact, Message, Suppression
@@ -170,7 +170,7 @@ class Outbox:
                 select(Message.id)
                 .join(Contact, Contact.id == Message.contact_id)
                 .where(
-                    Message.campaign_id.in_(list(by_id)),
+                    _inside_send_windows(session, campaigns, now),
                     Message.state == MessageState.QUEUED,
                     or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),
                     or_(Contact.next_send_at.is_(None), Contact.next_send_at <= now),
@@ -519,3 +519,21 @@ _SKIP = (
     .values(state=MessageState.SKIPPED.value, error_title=bindparam("title"), lease_owner=None, lease_expires_at=None)
 )
 
+
+def _inside_send_windows(session: Session, campaigns: Sequence[RunningCampaign], now: datetime) -> ColumnElement[bool]:
+    """The claim's filter by campaign: every message of a campaign without a send window,
+    and of one with a window only those whose recipient's zone set is open now. A message
+    outside its window is never claimed, so it holds no lease while it waits, and the cap
+    is filled with whoever is inside. A contact with no zone set yet counts as unknown."""
+    plain = [c.id for c in campaigns if c.send_window is None]
+    windowed = [c for c in campaigns if c.send_window is not None]
+    allowed: list[ColumnElement[bool]] = [Message.campaign_id.in_(plain)] if plain else []
+    sets = zone_sets.all_sets(session) if windowed else {}
+    for campaign in windowed:
+        assert campaign.send_window is not None
+        open_ = send_window.open_sets(campaign.send_window, campaign.timezone, sets, now)
+        inside: ColumnElement[bool] = Contact.zone_set_id.in_(sorted(open_))
+        if send_window.is_open(campaign.send_window, send_window.UNKNOWN, campaign.timezone, now):
+            inside = or_(inside, Contact.zone_set_id.is_(None))
+        allowed.append(and_(Message.campaign_id == campaign.id, inside))
+    return or_(*allowed)

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from campaign import binding, campaigns, errors, health, media, phone
+from campaign import binding, campaigns, errors, health, media, phone, send_window, zone_sets
 from campaign.binding import SourceKind
 from campaign.clock import SYSTEM, Clock, utcnow
 from campaign.config import Settings
@@ -251,8 +251,9 @@ def send_test(db: Database, settings: Settings, name: str, numbers: Sequence[str
 
 @dataclass(frozen=True)
 class Progress:
-    """A campaign's figures for `status`: counts, the recent send rate, the time left, and
-    the messages waiting out Meta's per-user marketing limit (131049)."""
+    """A campaign's figures for `status`: counts, the recent send rate, the time left, the
+    messages waiting out Meta's per-user marketing limit (131049) and those waiting for
+    their send window."""
 
     counts: campaigns.Counts
     rate: float
@@ -260,23 +261,35 @@ class Progress:
     marketing_waiting: int = 0
     marketing_waiting_until: datetime | None = None
     """When the last of them goes again."""
+    send_window: send_window.Waiting | None = None
+    """Queued messages outside their recipient's send window (None: the campaign has none)."""
 
 
-def progress(db: Database, campaign_id: int, *, now: datetime | None = None, window: float = 60.0) -> Progress:
+def progress(db: Database, campaign_id: int, *, now: datetime | None = None, window_seconds: float = 60.0) -> Progress:
     now = now or utcnow()
     with db.read_session() as session:
         counts = campaigns.counts(session, [campaign_id])[campaign_id]
         recent = session.scalar(
-            select(func.count()).where(Message.campaign_id == campaign_id, Message.sent_at >= now - timedelta(seconds=window))
+            select(func.count()).where(Message.campaign_id == campaign_id, Message.sent_at >= now - timedelta(seconds=window_seconds))
         ) or 0
         waiting, until = session.execute(
             select(func.count(), func.max(Message.next_attempt_at)).where(
                 Message.campaign_id == campaign_id, Message.state == MessageState.QUEUED,
                 Message.error_code.in_(errors.rule_for(131049).codes), Message.next_attempt_at > now)
         ).one()
-    rate = recent / window
+        campaign = session.get(Campaign, campaign_id)
+        window = zone_sets.window_of(campaign) if campaign is not None else None
+        queued = zone_sets.queued_by_set(session, campaign_id) if window is not None else []
+    rate = recent / window_seconds
     left = counts.by_state[MessageState.QUEUED] + counts.by_state[MessageState.SENDING]
     eta = left / rate if rate > 0 else None
+    outside = None
+    if window is not None and campaign is not None:
+        # Messages outside their window wait for it: the time left is when the last one can go.
+        zone = campaign.timezone or "UTC"
+        outside = send_window.waiting(window, zone, queued, now)
+        done = send_window.finish_time(window, zone, queued, now, rate) if rate > 0 else None
+        eta = (done - now).total_seconds() if done is not None else None
     if until is not None and until.tzinfo is None:  # an aggregate skips the column's type on SQLite
         until = datetime.fromisoformat(str(until)).replace(tzinfo=timezone.utc)
-    return Progress(counts, rate, eta, waiting, until)
+    return Progress(counts, rate, eta, waiting, until, outside)

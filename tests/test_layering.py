@@ -13,7 +13,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "campaign"
 
 PURE = ("campaign.binding", "campaign.breaker", "campaign.clock", "campaign.errors", "campaign.events",
-        "campaign.identity", "campaign.payloads", "campaign.phone", "campaign.policy", "campaign.states", "campaign.statuses", "campaign.templates")
+        "campaign.identity", "campaign.payloads", "campaign.phone", "campaign.policy", "campaign.send_window", "campaign.states",
+        "campaign.statuses", "campaign.templates")
 """Rules with no I/O: tested directly, importable without a database or an HTTP stack."""
 IO_LIBRARIES = ("sqlalchemy", "alembic", "aiohttp", "httpx", "starlette", "uvicorn", "psycopg", "pandas", "pyarrow",
                 "campaign.db", "campaign.models", "campaign.graph", "campaign.sql")
