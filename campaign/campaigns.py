@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from campaign.exceptions import CampaignError
 from campaign.clock import utcnow
 from campaign.events import TEMPLATE_STOPPED
-from campaign.models import Campaign, Contact, MediaUpload, Message, TemplateStatus
+from campaign.models import Campaign, Contact, MediaUpload, Message, TemplateStatus, in_state
 from campaign import binding, errors, zone_sets
 from campaign.binding import Binding, Source, SourceKind
 from campaign.payloads import MessageSpec
@@ -281,7 +281,7 @@ def cancel_leftovers(session: Session) -> int:
     cancelled = select(Campaign.id).where(Campaign.state == CampaignState.CANCELLED)
     result = session.execute(
         update(Message)
-        .where(Message.campaign_id.in_(cancelled), Message.state == MessageState.QUEUED)
+        .where(Message.campaign_id.in_(cancelled), in_state(MessageState.QUEUED))
         .values(state=MessageState.CANCELLED, next_attempt_at=None)
         .execution_options(synchronize_session=False)
     )
@@ -409,10 +409,10 @@ def complete_finished(session: Session, now: datetime) -> list[str]:
     """Running campaigns with nothing queued or sending become `completed` (and the
     leftovers of cancelled ones are cancelled: `cancel_leftovers`)."""
     cancel_leftovers(session)
-    busy = select(Message.id).where(
-        Message.campaign_id == Campaign.id, Message.state.in_([MessageState.QUEUED, MessageState.SENDING])
-    )
-    done = list(session.scalars(select(Campaign).where(Campaign.state == CampaignState.RUNNING, ~busy.exists())))
+    queued = select(Message.id).where(Message.campaign_id == Campaign.id, in_state(MessageState.QUEUED))
+    sending = select(Message.id).where(Message.campaign_id == Campaign.id, in_state(MessageState.SENDING))
+    done = list(session.scalars(select(Campaign).where(Campaign.state == CampaignState.RUNNING,
+                                                       ~queued.exists(), ~sending.exists())))
     for campaign in done:
         campaign.state = CampaignState.COMPLETED
         campaign.completed_at = now

@@ -373,7 +373,7 @@ def read_groups(session: Any, campaign_id: int, *, now: datetime, unreachable_da
     from sqlalchemy import case, func, literal, select
     from sqlalchemy.orm import aliased
 
-    from campaign.models import Campaign, Contact, Message, Suppression
+    from campaign.models import Campaign, Contact, Message, Suppression, in_state
     from campaign.outbox import marketing_templates_in_period
     from campaign.states import MessageState
 
@@ -402,7 +402,7 @@ def read_groups(session: Any, campaign_id: int, *, now: datetime, unreachable_da
         .join(Contact, Contact.id == Message.contact_id)
         .outerjoin(by_phone, by_phone.phone == Contact.phone)
         .outerjoin(by_user_id, by_user_id.user_id == Contact.user_id)
-        .where(Message.campaign_id == campaign_id, Message.state == MessageState.QUEUED.value)
+        .where(Message.campaign_id == campaign_id, in_state(MessageState.QUEUED))
         .group_by(*keys)
     )
     if past_cap is not None:  # without the cap the query is as it was: no join, no extra key

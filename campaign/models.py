@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     DateTime,
     Double,
     ForeignKey,
@@ -23,6 +24,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal_column,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -211,10 +214,19 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("campaign_id", "contact_id"),
-        # "next sendable messages of a running campaign", walked in id order: the claim
-        # reads the index in order and stops at its LIMIT instead of sorting every queued row.
-        Index("ix_messages_sendable", "campaign_id", "state", "id"),
-        Index("ix_messages_lease", "state", "lease_expires_at"),
+        # A campaign's messages in id order (reports, counts): no column of it ever changes.
+        Index("ix_messages_campaign", "campaign_id", "id"),
+        # "Next sendable messages of a running campaign", walked in id order: the claim reads
+        # the index in order and stops at its LIMIT instead of sorting every queued row. Only
+        # queued rows are in it, and only sending ones in the lease index, so a status that
+        # moves a message from sent to delivered to read touches neither (a full index on
+        # state moved every row's entry at every status: reconciling grew with the campaign),
+        # and what the claim walks shrinks as the campaign drains. A query uses them only
+        # when it says the state as a literal (`in_state`).
+        Index("ix_messages_queued", "campaign_id", "id",
+              sqlite_where=text("state = 'queued'"), postgresql_where=text("state = 'queued'")),
+        Index("ix_messages_leased", "lease_expires_at",
+              sqlite_where=text("state = 'sending'"), postgresql_where=text("state = 'sending'")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -264,6 +276,14 @@ class Message(Base):
     reply: Mapped[str | None] = mapped_column(Text)
     """That first answer: the button's payload (its label for an engine default payload), or
     the start of the text."""
+
+
+def in_state(state: MessageState) -> ColumnElement[bool]:
+    """`messages.state = '<state>'` with the state as a literal, not a bound parameter:
+    SQLite, and PostgreSQL's generic plan of a prepared statement, use a partial index
+    (`ix_messages_queued`, `ix_messages_leased`) only for a condition they can match to
+    its WHERE when planning."""
+    return Message.__table__.c.state == literal_column(f"'{MessageState(state).value}'")
 
 
 class RetiredWamid(Base):

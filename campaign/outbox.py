@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, aliased
 from campaign import contacts, identity, phone, policy, send_window, suppressions, zone_sets
 from campaign.campaigns import RunningCampaign
 from campaign.db import Database
-from campaign.models import Campaign, Contact, Message, Suppression
+from campaign.models import Campaign, Contact, Message, Suppression, in_state
 from campaign.sql import MESSAGING_LIMIT_LOCK, advisory_lock
 from campaign.states import CampaignState, MessageState, SuppressionScope, SuppressionSource
 
@@ -130,19 +130,16 @@ class Outbox:
     def has_pending_work(self, names: Sequence[str] | None) -> bool:
         """Whether a running or scheduled campaign still has a message to send or settle."""
         with self.db.read_session() as session:
-            query = (
-                select(Message.id)
-                .join(Campaign, Campaign.id == Message.campaign_id)
-                .where(Campaign.state.in_([CampaignState.RUNNING, CampaignState.SCHEDULED]))
-                .where(Message.state.in_([MessageState.QUEUED, MessageState.SENDING]))
-                .limit(1)
-            )
-            if names:
-                query = query.where(Campaign.name.in_(names))
+            active = select(Campaign.id).where(Campaign.state.in_([CampaignState.RUNNING, CampaignState.SCHEDULED]))
             scheduled = select(Campaign.id).where(Campaign.state == CampaignState.SCHEDULED).limit(1)
             if names:
+                active = active.where(Campaign.name.in_(names))
                 scheduled = scheduled.where(Campaign.name.in_(names))
-            return session.scalar(query) is not None or session.scalar(scheduled) is not None
+            # One query per state, so each is answered from its partial index.
+            return any(session.scalar(query) is not None for query in (
+                select(Message.id).where(Message.campaign_id.in_(active), in_state(MessageState.QUEUED)).limit(1),
+                select(Message.id).where(Message.campaign_id.in_(active), in_state(MessageState.SENDING)).limit(1),
+                scheduled))
 
     # -- claim -------------------------------------------------------------------------------
 
@@ -171,7 +168,7 @@ class Outbox:
                 .join(Contact, Contact.id == Message.contact_id)
                 .where(
                     _inside_send_windows(session, campaigns, now),
-                    Message.state == MessageState.QUEUED,
+                    in_state(MessageState.QUEUED),
                     or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),
                     or_(Contact.next_send_at.is_(None), Contact.next_send_at <= now),
                 )
@@ -389,13 +386,13 @@ class Outbox:
             lease_gone = or_(Message.lease_expires_at.is_(None), Message.lease_expires_at < now)
             never_left = session.execute(
                 update(Message)
-                .where(Message.state == MessageState.SENDING, Message.sending_at.is_(None), Message.lease_expires_at < now)
+                .where(in_state(MessageState.SENDING), Message.sending_at.is_(None), Message.lease_expires_at < now)
                 .values(state=MessageState.QUEUED, lease_owner=None, lease_expires_at=None)
             ).rowcount
             expired_doubt = session.execute(
                 update(Message)
                 .where(
-                    Message.state == MessageState.SENDING, Message.wamid.is_(None),
+                    in_state(MessageState.SENDING), Message.wamid.is_(None),
                     Message.sending_at.is_not(None), lease_gone,
                     or_(Message.in_doubt_until < now,
                         and_(Message.in_doubt_until.is_(None), Message.sending_at < now - grace)),

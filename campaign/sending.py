@@ -21,7 +21,7 @@ from campaign.db import Database, database_unavailable, one_line
 from campaign.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from campaign.exceptions import CampaignError
 from campaign.graph import GraphClient, GraphError, TransportError
-from campaign.models import Campaign, Message
+from campaign.models import Campaign, Message, in_state
 from campaign.payloads import targets_without_definition, template_payload
 from campaign.states import CampaignState, MessageState
 from campaign.templates import TemplateInfo, parse_template
@@ -274,7 +274,7 @@ def progress(db: Database, campaign_id: int, *, now: datetime | None = None, win
         ) or 0
         waiting, until = session.execute(
             select(func.count(), func.max(Message.next_attempt_at)).where(
-                Message.campaign_id == campaign_id, Message.state == MessageState.QUEUED,
+                Message.campaign_id == campaign_id, in_state(MessageState.QUEUED),
                 Message.error_code.in_(errors.rule_for(131049).codes), Message.next_attempt_at > now)
         ).one()
         campaign = session.get(Campaign, campaign_id)

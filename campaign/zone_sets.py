@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from campaign import send_window
-from campaign.models import Campaign, Contact, Message, ZoneSet
+from campaign.models import Campaign, Contact, Message, ZoneSet, in_state
 from campaign.sql import batches, insert_ignore
 from campaign.states import MessageState
 
@@ -67,7 +67,7 @@ def queued_by_set(session: Session, campaign_id: int) -> list[tuple[str, int]]:
         .select_from(Message)
         .join(Contact, Contact.id == Message.contact_id)
         .outerjoin(ZoneSet, ZoneSet.id == Contact.zone_set_id)
-        .where(Message.campaign_id == campaign_id, Message.state == MessageState.QUEUED)
+        .where(Message.campaign_id == campaign_id, in_state(MessageState.QUEUED))
         .group_by(ZoneSet.zones)
     ).all()
     return [(zones or send_window.UNKNOWN, n) for zones, n in rows]

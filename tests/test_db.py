@@ -22,14 +22,41 @@ def test_sqlite_is_created_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None
     assert {"campaigns", "contacts", "messages", "webhook_events", "suppressions", "imports"} <= set(inspect(db.engine).get_table_names())
 
 
-def test_the_outbox_has_its_unique_constraints_and_sendable_index(db: Database) -> None:
+def test_the_outbox_has_its_unique_constraints_and_state_indexes(db: Database) -> None:
     inspector = inspect(db.engine)
     uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints("messages")}
     assert ("campaign_id", "contact_id") in uniques and ("wamid",) in uniques
     assert ("phone",) in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("contacts")}
     assert ("content_hash",) in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("webhook_events")}
     indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("messages")}
-    assert indexes["ix_messages_sendable"] == ["campaign_id", "state", "id"]
+    assert indexes["ix_messages_queued"] == ["campaign_id", "id"]
+    assert indexes["ix_messages_leased"] == ["lease_expires_at"]
+    assert "ix_messages_sendable" not in indexes
+
+
+def test_the_claim_and_recovery_walk_the_partial_state_indexes(db: Database) -> None:
+    """Only queued rows are in the claim's index and only sending ones in the lease index,
+    so a status webhook moving a message from sent to read rewrites neither; a query must
+    say the state as a literal for the database to use them."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import select
+
+    from campaign.models import Message, in_state
+    from campaign.states import MessageState
+
+    now = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    claim = (select(Message.id).where(Message.campaign_id.in_([1]), in_state(MessageState.QUEUED))
+             .order_by(Message.id).limit(100))
+    recover = select(Message.id).where(in_state(MessageState.SENDING), Message.lease_expires_at < now)
+    explain = "EXPLAIN QUERY PLAN " if db.engine.dialect.name == "sqlite" else "EXPLAIN "
+    with db.engine.connect() as conn:
+        if db.engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")  # an empty table: make the planner show its index
+        for statement, index in ((claim, "ix_messages_queued"), (recover, "ix_messages_leased")):
+            compiled = statement.compile(conn, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(row) for row in conn.exec_driver_sql(explain + str(compiled)))
+            assert index in plan, plan
 
 
 def test_a_behind_schema_is_refused_on_postgresql_and_upgraded_on_sqlite(database_url: str) -> None:
