@@ -299,13 +299,13 @@ class Outbox:
             session.execute(update(Contact).where(Contact.id.in_(list(freed))).values(next_send_at=now))
         if skip:
             session.execute(_SKIP, skip)
-        for kind in (policy.Choice.TEMPLATE, policy.Choice.TEXT):
-            ids = [c.id for c in claimed if c.choice is kind]
-            if ids:
-                session.execute(update(Message).where(Message.id.in_(ids)).values(kind=kind.value))
-        flagged = [c.id for c in claimed if c.business_initiated]
-        if flagged:
-            session.execute(update(Message).where(Message.id.in_(flagged)).values(business_initiated=True))
+        # What each message is, in one statement per kind of decision (usually one in all).
+        decided: dict[tuple[str, bool], list[int]] = {}
+        for c in claimed:
+            decided.setdefault((c.choice.value, c.business_initiated), []).append(c.id)
+        for (kind, initiated), ids in decided.items():
+            values: dict[str, Any] = {"kind": kind} | ({"business_initiated": True} if initiated else {})
+            session.execute(update(Message).where(Message.id.in_(ids)).values(**values))
         return claimed
 
     # -- in flight and results ---------------------------------------------------------------
