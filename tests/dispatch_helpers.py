@@ -21,7 +21,7 @@ from campaign.config import Settings
 from campaign.db import Database
 from campaign.dispatcher import Dispatcher, DispatchStats
 from campaign.models import Campaign, Contact, Message
-from campaign.sql import insert_ignore
+from campaign.sql import batches, insert_ignore
 
 SENDER = "106540352242922"
 TOKEN = "test-token"
@@ -37,8 +37,10 @@ def seed(db: Database, name: str, numbers: Sequence[str], *, template: str = "or
     with db.session() as session:
         campaign = campaigns.create(session, campaigns.CampaignSpec(name, template, "en_US", list(params), text=text, **spec))
         session.execute(insert_ignore(session, Contact), [{"phone": p} for p in numbers])
-        ids = dict(session.execute(Contact.__table__.select().with_only_columns(Contact.phone, Contact.id)
-                                   .where(Contact.phone.in_(list(numbers)))).all())
+        ids: dict[str, int] = {}
+        for chunk in batches(list(numbers)):  # PostgreSQL takes at most 65,535 parameters a statement
+            ids.update((phone, cid) for phone, cid in session.execute(
+                Contact.__table__.select().with_only_columns(Contact.phone, Contact.id).where(Contact.phone.in_(list(chunk)))))
         session.execute(Message.__table__.insert(), [
             {"campaign_id": campaign.id, "contact_id": ids[p], "params": {"name": f"N{i}", "order": f"A-{i}"},
              "state": "queued", "attempts": 0, "queued_at": campaign.created_at, "business_initiated": False, "pair_hits": 0}
