@@ -82,33 +82,38 @@ def campaign(meta: Meta, name: str, numbers: list[str], *, template: str = "spri
 
 
 def work_until(meta: Meta, done: Callable[[], bool], *, timeout: float = 20.0, settings: Settings | None = None,
-               **config: Any) -> None:
-    """A worker in a thread until `done()` holds (webhooks keep arriving while it sends)."""
-    stop = asyncio.Event()
-    loop_holder: dict[str, asyncio.AbstractEventLoop] = {}
+               workers: int = 1, **config: Any) -> None:
+    """`workers` workers, each in its own thread and event loop, until `done()` holds
+    (webhooks keep arriving while they send)."""
+    loops: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    ready = threading.Barrier(workers + 1)
 
     def run() -> None:
         async def main() -> None:
-            loop_holder["loop"] = asyncio.get_running_loop()
+            stop = asyncio.Event()
+            loops.append((asyncio.get_running_loop(), stop))
             options = {"mps": 200, "pair_interval": 0, "retry_base": 0.05, "poll_interval": 0.05,
                        "recover_every": 0.5, **config}
             dispatcher = sending.build_dispatcher(meta.db, settings or meta.settings, **options)
+            ready.wait(timeout=30)
             await dispatcher.run(stop=stop)
 
         asyncio.run(main())
 
-    thread = threading.Thread(target=run)
-    thread.start()
+    threads = [threading.Thread(target=run) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    ready.wait(timeout=30)
     try:
         deadline = time.monotonic() + timeout
         while not done():
             assert time.monotonic() < deadline, "timed out"
             time.sleep(0.05)
     finally:
-        while "loop" not in loop_holder:
-            time.sleep(0.01)
-        loop_holder["loop"].call_soon_threadsafe(stop.set)
-        thread.join(15)
+        for loop, stop in loops:
+            loop.call_soon_threadsafe(stop.set)
+        for thread in threads:
+            thread.join(15)
 
 
 def states(db: Database, campaign_id: int) -> dict[str, int]:

@@ -5,15 +5,11 @@ clock (both databases), two workers and three campaigns against the sandbox, and
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
 import sys
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,12 +20,12 @@ from sqlalchemy import select, update
 sys.path.insert(0, str(Path(__file__).parent))
 
 from dispatch_helpers import phones, seed  # noqa: E402
-from meta_helpers import Meta, campaign, meta, settled  # noqa: E402,F401
+from meta_helpers import Meta, campaign, meta, settled, work_until  # noqa: E402,F401
 
-from campaign import campaigns, estimate, policy, sending  # noqa: E402
+from campaign import campaigns, estimate, policy  # noqa: E402
 from campaign.cli import main  # noqa: E402
 from campaign.clock import FakeClock, utcnow  # noqa: E402
-from campaign.config import Settings, load_settings  # noqa: E402
+from campaign.config import load_settings  # noqa: E402
 from campaign.db import Database  # noqa: E402
 from campaign.exceptions import CampaignError  # noqa: E402
 from campaign.models import Contact, Message  # noqa: E402
@@ -241,45 +237,13 @@ def test_three_campaigns_claimed_together_send_two_and_skip_one_per_person(db: D
 # -- two workers, three campaigns, against the sandbox -----------------------------------------
 
 
-def workers_until(meta: Meta, done: Callable[[], bool], *, workers: int, settings: Settings,
-                  timeout: float = 30.0) -> None:
-    """`workers` workers, each its own thread and event loop, until `done()` holds."""
-    loops: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-    ready = threading.Barrier(workers + 1)
-
-    def run() -> None:
-        async def main() -> None:
-            stop = asyncio.Event()
-            loops.append((asyncio.get_running_loop(), stop))
-            dispatcher = sending.build_dispatcher(meta.db, settings, mps=200, pair_interval=0, retry_base=0.05,
-                                                  poll_interval=0.05, recover_every=0.5)
-            ready.wait(timeout=30)
-            await dispatcher.run(stop=stop)
-
-        asyncio.run(main())
-
-    threads = [threading.Thread(target=run) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    ready.wait(timeout=30)
-    try:
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, "timed out"
-            time.sleep(0.05)
-    finally:
-        for loop, stop in loops:
-            loop.call_soon_threadsafe(stop.set)
-        for thread in threads:
-            thread.join(15)
-
-
 def test_two_workers_and_three_campaigns_never_send_anyone_more_than_the_cap(meta: Meta, cli) -> None:  # type: ignore[no-untyped-def]
     people = [f"+4915123{i:06d}" for i in range(3000, 3030)]
     promos = [campaign(meta, name, people) for name in ("spring", "summer", "autumn")]
     receipts = campaign(meta, "receipts", people, template="order_update", category="utility")
     settings = meta.settings.with_overrides(marketing_frequency=CAP)
-    workers_until(meta, lambda: all(settled(meta.db, c)() for c in [*promos, receipts]), workers=2, settings=settings)
+    work_until(meta, lambda: all(settled(meta.db, c)() for c in [*promos, receipts]), workers=2, settings=settings,
+               timeout=30)
 
     accepted = [(e["to"], e["template_name"]) for e in meta.ledger() if e["outcome"] == "accepted"]
     marketing = Counter(to for to, template in accepted if template == "spring_sale")
