@@ -217,8 +217,7 @@ def resume(session: Session, campaign: Campaign, *, now: datetime | None = None)
     campaign.state = CampaignState.RUNNING
     campaign.pause_reason = None
     campaign.pause_code = None
-    if campaign.send_window:  # contacts imported while it was paused
-        zone_sets.fill(session, campaign.id)
+    place_recipients(session, campaign)  # contacts imported while it was paused
 
 
 LAUNCHABLE = (CampaignState.DRAFT, CampaignState.PAUSED, CampaignState.SCHEDULED)
@@ -241,6 +240,12 @@ def launch(session: Session, campaign: Campaign, *, at: datetime | None = None, 
         campaign.launched_at = campaign.launched_at or now
     campaign.pause_reason = None
     campaign.pause_code = None
+    place_recipients(session, campaign)
+
+
+def place_recipients(session: Session, campaign: Campaign) -> None:
+    """Give the campaign's contacts their time zones, when it has a send window (zone_sets):
+    at launch and resume, and at an import into a campaign that is no longer a draft."""
     if campaign.send_window:
         zone_sets.fill(session, campaign.id)
 

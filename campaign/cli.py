@@ -24,12 +24,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from campaign import campaigns, contacts, inbound, sending, suppressions, zone_sets
+from campaign import campaigns, contacts, inbound, sending, suppressions
 from campaign.config import RedactSecrets, Settings, load_settings
 from campaign.db import Database
 from campaign.dispatcher import DispatchStats
 from campaign.exceptions import CampaignError
-from campaign.states import CampaignState
 
 F = TypeVar("F", bound=Callable[..., Any])
 stderr = Console(stderr=True, highlight=False)
@@ -296,10 +295,6 @@ def import_(
     endpoint = contacts.endpoint_for(database, app.settings, name) if check_contacts else None
     with _progress("import") as progress:
         result = import_file(database, name, file, options, contacts_endpoint=endpoint, progress=progress)
-    with database.session() as session:
-        campaign = campaigns.get(session, name)
-        if campaign.send_window and campaign.state != CampaignState.DRAFT:  # a draft's are placed at launch
-            zone_sets.fill(session, campaign.id)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if as_json:

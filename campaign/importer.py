@@ -179,6 +179,8 @@ def import_file(
                          "not_on_whatsapp", "bad_param", "us_numbers", "rejects_file"):
                 setattr(record, name, getattr(result, name))
             record.finished_at = utcnow()
+            if campaign.state != CampaignState.DRAFT:  # a draft's are placed at launch
+                campaigns.place_recipients(session, campaign)
     except IntegrityError:
         raise CampaignError(
             f"campaign {campaign_name!r} changed while {layout.path} was imported (another import at the same time?); nothing was imported, run it again"
