@@ -227,6 +227,11 @@ class Message(Base):
               sqlite_where=text("state = 'queued'"), postgresql_where=text("state = 'queued'")),
         Index("ix_messages_leased", "lease_expires_at",
               sqlite_where=text("state = 'sending'"), postgresql_where=text("state = 'sending'")),
+        # The messaging limit's count reads the last day of business-initiated sends from here
+        # (outbox._reached_count), not every message the database holds. A query uses it when
+        # it says `where(Message.business_initiated)`, which each dialect renders as this WHERE.
+        Index("ix_messages_reached", "sent_at", "contact_id",
+              sqlite_where=text("business_initiated = 1"), postgresql_where=text("business_initiated")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

@@ -31,10 +31,11 @@ def test_the_outbox_has_its_unique_constraints_and_state_indexes(db: Database) -
     indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("messages")}
     assert indexes["ix_messages_queued"] == ["campaign_id", "id"]
     assert indexes["ix_messages_leased"] == ["lease_expires_at"]
+    assert indexes["ix_messages_reached"] == ["sent_at", "contact_id"]
     assert "ix_messages_sendable" not in indexes
 
 
-def test_the_claim_and_recovery_walk_the_partial_state_indexes(db: Database) -> None:
+def test_the_claim_recovery_and_messaging_limit_walk_their_partial_indexes(db: Database) -> None:
     """Only queued rows are in the claim's index and only sending ones in the lease index,
     so a status webhook moving a message from sent to read rewrites neither; a query must
     say the state as a literal for the database to use them."""
@@ -43,20 +44,24 @@ def test_the_claim_and_recovery_walk_the_partial_state_indexes(db: Database) -> 
     from sqlalchemy import select
 
     from campaign.models import Message, in_state
+    from campaign.outbox import _reached_count_query
     from campaign.states import MessageState
 
     now = datetime(2026, 1, 5, tzinfo=timezone.utc)
     claim = (select(Message.id).where(Message.campaign_id.in_([1]), in_state(MessageState.QUEUED))
              .order_by(Message.id).limit(100))
     recover = select(Message.id).where(in_state(MessageState.SENDING), Message.lease_expires_at < now)
+    # The messaging limit's count at every claim: the last day's sends, not every message ever.
+    reached = _reached_count_query(now)
     explain = "EXPLAIN QUERY PLAN " if db.engine.dialect.name == "sqlite" else "EXPLAIN "
     with db.engine.connect() as conn:
         if db.engine.dialect.name == "postgresql":
             conn.exec_driver_sql("SET enable_seqscan = off")  # an empty table: make the planner show its index
-        for statement, index in ((claim, "ix_messages_queued"), (recover, "ix_messages_leased")):
+        for statement, indexes in ((claim, ["ix_messages_queued"]), (recover, ["ix_messages_leased"]),
+                                   (reached, ["ix_messages_reached", "ix_messages_leased"])):
             compiled = statement.compile(conn, compile_kwargs={"literal_binds": True})
             plan = " ".join(str(row) for row in conn.exec_driver_sql(explain + str(compiled)))
-            assert index in plan, plan
+            assert all(index in plan for index in indexes), plan
 
 
 def test_a_behind_schema_is_refused_on_postgresql_and_upgraded_on_sqlite(database_url: str) -> None:
@@ -91,3 +96,4 @@ def test_db_upgrade_command(cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("db", "upgrade")
     assert result.exit_code == 0
     assert result.stdout.startswith("database at revision ")
+
