@@ -9,9 +9,11 @@ in its own child process (so each peak memory is that phase's alone):
   over `--claim-messages` messages in claims of `--claim-batch` (the median claim's cost a
   message, robust to a neighbour's burst; the first claim apart), with 0%, 50% and 99% of
   the campaign drained. Draining is one UPDATE that marks the first messages in id order
-  `sent` with a wamid (what sending leaves), not sending; on PostgreSQL it is followed by
-  `VACUUM (ANALYZE)`, the steady state autovacuum keeps (`--no-vacuum`: the claims right
-  after, through every dead index entry the drain left, as between two autovacuums).
+  `sent` with a wamid, as business-initiated templates (what sending a campaign's first
+  contact leaves: they are in the messaging limit's index too), not sending; on PostgreSQL
+  it is followed by `VACUUM (ANALYZE)`, the steady state autovacuum keeps (`--no-vacuum`:
+  the claims right after, through every dead index entry the drain left, as between two
+  autovacuums).
 - reconcile: `--statuses` synthetic status webhooks (50 a body, as Meta batches them, each
   with the outbox id in `biz_opaque_callback_data`), stored with `webhooks.store_event`, then
   applied by one `reconcile.reconcile_once`; µs a status for each. Twice: `delivered` for
@@ -145,7 +147,7 @@ def phase_drain(db: Database, args: argparse.Namespace) -> dict[str, Any]:
             update(Message)
             .where(Message.campaign_id == campaign_id, Message.id < cut, Message.state.in_(["queued", "sending"]))
             .values(state="sent", wamid=literal("wamid.scale.") + cast(Message.id, String), sent_at=NOW, attempts=1,
-                    lease_owner=None, lease_expires_at=None)
+                    lease_owner=None, lease_expires_at=None, kind="template", business_initiated=True)
         )
     seconds = time.perf_counter() - started
     if db.engine.dialect.name == "postgresql" and not args.no_vacuum:
