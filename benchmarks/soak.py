@@ -91,7 +91,8 @@ def main() -> None:
     print(f"duplicates {figures['duplicate_sends']}, missing {args.messages - len(reached)}, "
           f"unresolved at the end {len(wrong)}")
     print(f"time to finish {finished:.0f} s against the ideal {ideal:.0f} s ({finished / ideal:.2f}x); "
-          f"sustained rate {figures['accepted_per_second']:.1f}/s; largest sliding second {figures['max_in_any_second']}")
+          f"sustained rate {figures['accepted_per_second']:.1f}/s; largest sliding second {figures['max_in_any_second']} "
+          f"(accepted {figures['max_accepted_in_any_second']}; {figures['throttled']} x 130429)")
     for line in wrong[:5]:
         print("  ", line)
 
