@@ -139,7 +139,7 @@ class Contact(Base):
     """E.164 with `+`; None for a person known only by a BSUID."""
     wa_id: Mapped[str | None] = mapped_column(String(32))
     """Meta's canonical id, which may differ from the number (BR, MX, AR prefixes)."""
-    user_id: Mapped[str | None] = mapped_column(String(160), unique=True)
+    user_id: Mapped[str | None] = mapped_column(String(160), unique=True, index=True)
     """The business-scoped user id (BSUID) Meta names the person by, imported or learned from
     webhooks: how an inbound message that comes without a phone number finds its contact."""
 
@@ -373,7 +373,7 @@ class Suppression(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     phone: Mapped[str | None] = mapped_column(String(20), unique=True)
-    user_id: Mapped[str | None] = mapped_column(String(160), unique=True)
+    user_id: Mapped[str | None] = mapped_column(String(160), unique=True, index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16), default=SuppressionSource.MANUAL)
     scope: Mapped[str] = mapped_column(String(16), default=SuppressionScope.ALL, server_default=SuppressionScope.ALL.value)

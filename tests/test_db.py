@@ -97,3 +97,15 @@ def test_db_upgrade_command(cli) -> None:  # type: ignore[no-untyped-def]
     assert result.exit_code == 0
     assert result.stdout.startswith("database at revision ")
 
+
+def test_the_migrations_build_the_schema_the_models_describe(db: Database) -> None:
+    """A column, table or index added to the models without its migration (or the other way)
+    would work in a test that creates nothing by hand and fail on a user's upgraded database."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from campaign.models import Base
+
+    with db.engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert differences == []
