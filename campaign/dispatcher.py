@@ -228,6 +228,8 @@ class Dispatcher:
                         await asyncio.gather(*alive, return_exceptions=True)
                         waiting = {m.id for queue in (*self._queues.values(), *self._carry.values()) for m in queue}
                         await self._give_back([mid for mid in self._held if mid not in waiting])
+                        for sender in dead:
+                            del self._senders[sender]  # now `_refresh` may start it again
                     now = self.clock.now()
                     if last_recover is None or self.clock.time() - last_recover >= self.config.recover_every:
                         await self._recover(now)
@@ -380,7 +382,10 @@ class Dispatcher:
         if stopped:
             await self._db(self.outbox.return_unsent, stopped, now)
         for sender in {self._sender(c) for c in running}:
-            if sender not in self._senders or self._senders[sender].done():
+            task = self._senders.get(sender)
+            # A loop that died of an error is `run`'s to clear up first (it gives back what the
+            # loop held): replaced here, before `run` saw it, the worker would never be idle.
+            if task is None or (task.done() and (task.cancelled() or task.exception() is None)):
                 self._queues.setdefault(sender, deque())
                 self._carry.setdefault(sender, deque())
                 self._senders[sender] = asyncio.create_task(self._send_loop(sender), name=f"send {sender}")
