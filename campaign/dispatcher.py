@@ -211,8 +211,7 @@ class Dispatcher:
         try:
             try:
                 while not self._stop.is_set() and not (stop is not None and stop.is_set()):
-                    dead = {sender: task for sender, task in self._senders.items()
-                            if task.done() and not task.cancelled() and task.exception() is not None}
+                    dead = {sender: task for sender, task in self._senders.items() if _died_of_error(task)}
                     if dead:
                         # A send loop died (the cap's shared guard lost its database connection,
                         # say): the blocks it held died with it. `_refresh` starts it again; what
@@ -385,7 +384,7 @@ class Dispatcher:
             task = self._senders.get(sender)
             # A loop that died of an error is `run`'s to clear up first (it gives back what the
             # loop held): replaced here, before `run` saw it, the worker would never be idle.
-            if task is None or (task.done() and (task.cancelled() or task.exception() is None)):
+            if task is None or (task.done() and not _died_of_error(task)):
                 self._queues.setdefault(sender, deque())
                 self._carry.setdefault(sender, deque())
                 self._senders[sender] = asyncio.create_task(self._send_loop(sender), name=f"send {sender}")
@@ -699,3 +698,8 @@ class Dispatcher:
         self._shared_guard.close()
         self._db_thread.shutdown(wait=True)
         self._slots_thread.shutdown(wait=True)
+
+
+def _died_of_error(task: asyncio.Task[Any]) -> bool:
+    """A send loop that ended with an exception (neither cancelled nor returned)."""
+    return task.done() and not task.cancelled() and task.exception() is not None
