@@ -86,10 +86,7 @@ class SharedGuard(_PerSender):
     def _bucket(self, sender: str, rates: list[Rate]):  # type: ignore[no-untyped-def]
         table = "send_cap_" + re.sub(r"\W", "_", sender)
         if self.redis_url:
-            from pyrate_limiter import RedisBucket
-            from redis import Redis
-
-            return RedisBucket.init(rates, Redis.from_url(self.redis_url), f"campaign:{table}")
+            return _redis_bucket(rates, self.redis_url, f"campaign:{table}")
         url = make_url(self.database_url)
         if url.get_backend_name() == "postgresql":
             from psycopg_pool import ConnectionPool
@@ -125,6 +122,27 @@ class SharedGuard(_PerSender):
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _redis_bucket(rates: list[Rate], redis_url: str, key: str):  # type: ignore[no-untyped-def]
+    """pyrate's RedisBucket, counting the window from its start to its newest item.
+
+    Its script counts up to the new item's own stamp. A worker stamps its item, then its
+    script runs: one that stamped before another but reaches Redis after it does not count
+    the other's item, and one more than the cap gets into a window (measured: 41 of the
+    bucket's own stamps in 1.03 s at a cap of 40, 1 run in 12, three workers). Counting
+    every item from the window's start, later stamps included, admits at most the cap into
+    any window, in whatever order the workers arrive. (pyrate's PostgreSQL bucket counts so.)"""
+    from pyrate_limiter import RedisBucket
+    from pyrate_limiter.buckets.redis_bucket import LuaScript
+    from redis import Redis
+
+    bounded = "redis.call('ZCOUNT', bucket, window_start, now)"
+    if bounded not in LuaScript.PUT_ITEM:
+        raise RuntimeError("pyrate-limiter's Redis script changed: check campaign.limits._redis_bucket against it")
+    script = LuaScript.PUT_ITEM.replace(bounded, "redis.call('ZCOUNT', bucket, window_start, '+inf')")
+    redis = Redis.from_url(redis_url)
+    return RedisBucket(rates, redis, key, redis.script_load(script))
 
 
 def guard_for(database_url: str, cap: int, *, shared: bool = True, redis_url: str | None = None) -> RateGuard:

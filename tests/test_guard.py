@@ -98,3 +98,20 @@ def _clear_postgres_bucket(url: str) -> None:
     with engine.begin() as conn:
         conn.execute(text('DROP TABLE IF EXISTS "send_cap_106540352242922"'))
     engine.dispose()
+
+
+def test_the_redis_guard_counts_a_later_stamp_that_reached_redis_first() -> None:
+    """Workers stamp their items before their scripts reach Redis, so stamps arrive out of
+    order: one taken earlier but arriving later must still see the later one in its window."""
+    if not _redis_up():
+        pytest.skip(f"no Redis at {REDIS_URL} (.ci/run starts one)")
+    from pyrate_limiter import Duration, Rate, RateItem
+    from redis import Redis
+
+    Redis.from_url(REDIS_URL).flushdb()
+    guard = SharedGuard(1, "sqlite:///unused.db", REDIS_URL)
+    bucket = guard._bucket("106540352242922", [Rate(1, Duration.SECOND)])
+    now = int(time.time() * 1000)
+    assert bucket.put(RateItem("send", now + 10))
+    assert not bucket.put(RateItem("send", now)), "two sends in one second at a cap of 1"
+    guard.close()
