@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from campaign.cli import main
@@ -46,11 +48,51 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield from _postgres_schema_url()
 
 
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    """A migrated database on each dialect."""
-    database = Database(Database.open(database_url, migrate=False).engine)
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file with every migration applied, made once: each `db` test starts from a
+    copy of it (running the migrations took about 80 ms a test)."""
+    path = tmp_path_factory.mktemp("migrated") / "campaign.db"
+    database = Database(Database.open(f"sqlite:///{path}", migrate=False).engine)
     database.upgrade()
+    database.close()
+    assert not path.with_name(path.name + "-wal").exists(), "the template's WAL was not checkpointed"
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_migrations() -> list[tuple[str, Any]]:
+    """What the migrations send to an empty PostgreSQL schema, recorded once in a schema of
+    their own: each `db` test replays it into its schema (a few ms instead of the 90 ms of
+    running alembic). Every statement is unqualified, so it lands in the test's search_path."""
+    if not POSTGRES_URL:
+        pytest.skip(NO_POSTGRES)
+    sent: list[tuple[str, Any]] = []
+    for url in _postgres_schema_url():
+        database = Database(Database.open(url, migrate=False).engine)
+
+        def keep(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+            assert not many, "a migration sent an executemany: replay it as one"
+            sent.append((statement, parameters))
+
+        event.listen(database.engine, "before_cursor_execute", keep)
+        database.upgrade()
+        database.close()
+    return sent
+
+
+@pytest.fixture
+def db(database_url: str, request: pytest.FixtureRequest) -> Iterator[Database]:
+    """A migrated database on each dialect."""
+    if database_url.startswith("sqlite"):
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), make_url(database_url).database or "")
+    database = Database(Database.open(database_url, migrate=False).engine)
+    if database_url.startswith("postgresql"):
+        with database.engine.begin() as conn:
+            # Unless the `cli` fixture ran `campaign db upgrade` on this schema first.
+            if conn.exec_driver_sql("SELECT to_regclass('alembic_version')").scalar() is None:
+                for statement, parameters in request.getfixturevalue("postgres_migrations"):
+                    conn.exec_driver_sql(statement, parameters)
     yield database
     database.close()
 
