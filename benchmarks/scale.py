@@ -19,6 +19,8 @@ in its own child process (so each peak memory is that phase's alone):
   applied by one `reconcile.reconcile_once`; µs a status for each. Twice: `delivered` for
   the latest sends (a run of neighbouring ids: statuses follow sends within seconds), and
   `read` for messages spread over the whole campaign (reads come later, from anywhere).
+  On PostgreSQL also the WAL each status wrote: the pages it dirtied, as the first change
+  of a page after a checkpoint logs the whole 8 kB page.
 - report: `export.write_report` to CSV, µs a row.
 - size: PostgreSQL: the benchmark schema's tables, indexes and TOAST
   (`pg_total_relation_size`; `pg_database_size` would count whatever else shares the
@@ -36,10 +38,12 @@ after the timed claims were given back; SQLite `EXPLAIN QUERY PLAN`).
     python benchmarks/scale.py --recipients 100000 1000000 --no-vacuum --explain \\
         --database postgresql+psycopg://postgres@127.0.0.1:5432/test            # ~2 min
     python benchmarks/scale.py --recipients 100000 10000000 --explain \\
-        --database postgresql+psycopg://postgres@127.0.0.1:5432/test            # ~18 min, 7 GB
+        --database postgresql+psycopg://postgres@127.0.0.1:5432/test            # ~26 min, 8 GB
 
-On this 2-core machine (PostgreSQL 15 with its default 128 MB shared_buffers) N=1M takes
-about 1 minute on either database, 10M about 17 minutes on PostgreSQL (12 of them importing).
+On this 2-core machine N=1M takes about 1 minute on either database. 10M on PostgreSQL 15
+takes about 26 minutes with its default 128 MB shared_buffers (19 of them importing), and
+16-17 minutes (12 importing) with shared_buffers = 6GB, which also keeps the claim's cost
+flat (see the README's scaling notes).
 
 A SQLite URL names a file per N (`/tmp/scale-100000.db`); on PostgreSQL each N gets its own
 schema (`scale_N_PID`). Both are removed at the end unless `--keep`.
@@ -251,11 +255,24 @@ def phase_reconcile(db: Database, args: argparse.Namespace) -> dict[str, Any]:
         for body in bodies:
             store_event(db, body, received_at=NOW)
         result[f"{label}_store_seconds"] = time.perf_counter() - started
+        wal = _wal_position(db)
         started = time.perf_counter()
         stats = reconcile_once(db, now=NOW + timedelta(seconds=seconds + 1))
         result[f"{label}_seconds"] = time.perf_counter() - started
+        if wal is not None:
+            result[f"{label}_wal_bytes"] = (_wal_position(db) or 0) - wal
         assert stats.statuses_applied == size, stats
     return result
+
+
+def _wal_position(db: Database) -> int | None:
+    """Bytes of WAL the PostgreSQL cluster has written so far (None on SQLite): what a
+    reconcile writes tells how many pages it dirtied, as the first change of a page after a
+    checkpoint logs the whole 8 kB page."""
+    if db.engine.dialect.name != "postgresql":
+        return None
+    with db.engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')").scalar_one())
 
 
 def _status_bodies(db: Database, ids: list[int], word: str, at: int) -> list[bytes]:
@@ -434,6 +451,8 @@ def rows_of(f: dict[str, Any]) -> list[tuple[str, float, bool]]:
             (f"reconcile µs/status, {label}", rec[f"{label}_seconds"] / rec["statuses"] * 1e6, True),
             (f"reconcile statuses/s, {label}", rec["statuses"] / rec[f"{label}_seconds"], False),
         ]
+        if f"{label}_wal_bytes" in rec:
+            rows.append((f"  WAL bytes/status, {label}", rec[f"{label}_wal_bytes"] / rec["statuses"], False))
     rows += [
         ("report µs/row", f["report"]["seconds"] / f["report"]["rows"] * 1e6, True),
         ("report s", f["report"]["seconds"], False),
