@@ -259,8 +259,9 @@ def phase_reconcile(db: Database, args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         stats = reconcile_once(db, now=NOW + timedelta(seconds=seconds + 1))
         result[f"{label}_seconds"] = time.perf_counter() - started
-        if wal is not None:
-            result[f"{label}_wal_bytes"] = (_wal_position(db) or 0) - wal
+        after = _wal_position(db)
+        if wal is not None and after is not None:
+            result[f"{label}_wal_bytes"] = after - wal
         assert stats.statuses_applied == size, stats
     return result
 

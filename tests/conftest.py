@@ -63,8 +63,8 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def postgres_migrations() -> list[tuple[str, Any]]:
     """What the migrations send to an empty PostgreSQL schema, recorded once in a schema of
-    their own: each `db` test replays it into its schema (a few ms instead of the 90 ms of
-    running alembic). Every statement is unqualified, so it lands in the test's search_path."""
+    their own: each `db` test replays it into its schema instead of running alembic (80-90 ms
+    a test). Every statement is unqualified, so it lands in the test's search_path."""
     if not POSTGRES_URL:
         pytest.skip(NO_POSTGRES)
     sent: list[tuple[str, Any]] = []
